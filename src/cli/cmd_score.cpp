@@ -1,0 +1,8 @@
+// Placeholder registration until the engine lands (replaced by the CPU engine work).
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+
+namespace kestrel::cli {
+void register_score(CLI::App& app) { (void)app; }
+}  // namespace kestrel::cli
