@@ -128,6 +128,7 @@ T5Config parse_t5(const json& j, const std::string& src) {
       field<int64_t>(j, "relative_attention_max_distance", c.relative_attention_max_distance, src);
   c.layer_norm_epsilon = field<double>(j, "layer_norm_epsilon", c.layer_norm_epsilon, src);
   c.tie_word_embeddings = field<bool>(j, "tie_word_embeddings", true, src);
+  c.scale_decoder_outputs = field<bool>(j, "scale_decoder_outputs", c.tie_word_embeddings, src);
   // transformers: act_info = feed_forward_proj.split("-"); "gated-gelu" is special-cased to gelu_new.
   std::string ffp = field<std::string>(j, "feed_forward_proj", "relu", src);
   std::string act = ffp;
@@ -255,6 +256,7 @@ json config_to_json(const ModelConfig& c) {
     j["feed_forward_proj"] = (t.gated_ffn ? "gated-" : "") + activation_name(t.activation);
     j["layer_norm_epsilon"] = t.layer_norm_epsilon;
     j["tie_word_embeddings"] = t.tie_word_embeddings;
+    j["scale_decoder_outputs"] = t.scale_decoder_outputs;
   }
   const auto& g = c.generation;
   json gj;

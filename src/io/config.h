@@ -41,6 +41,9 @@ struct T5Config {
   bool gated_ffn = false;                    // "gated-*": wi_0 (activated) * wi_1
   double layer_norm_epsilon = 1e-6;
   bool tie_word_embeddings = true;  // tied head: decoder output is scaled by d_model**-0.5 before lm_head
+  // transformers 5 writes this key (and always ties the head unless lm_head.weight is stored); older configs do
+  // not, and then it follows tie_word_embeddings, as transformers reads them.
+  bool scale_decoder_outputs = true;
   int64_t inner_dim() const { return num_heads * d_kv; }
 };
 
