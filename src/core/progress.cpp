@@ -51,6 +51,14 @@ void Progress::finish() {
   if (style_ == Style::Bar || style_ == Style::Summary) draw(true);
 }
 
+void Progress::note(const std::string& message) {
+  if (style_ == Style::Quiet) return;
+  if (style_ == Style::Bar && drawn_) std::fputs("\r\033[K", stderr);
+  std::fprintf(stderr, "%s\n", message.c_str());
+  std::fflush(stderr);
+  drawn_ = false;  // the next update redraws at once
+}
+
 void Progress::draw(bool final) {
   const double secs = std::chrono::duration<double>(Clock::now() - start_).count();
   // The rate counts only this run's work, so a resumed download does not report an inflated speed.

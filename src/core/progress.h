@@ -26,12 +26,16 @@ class Progress {
   void update(uint64_t done);  // absolute amount done so far
   void reset(uint64_t done);   // a job restarted from `done` (e.g. a server ignored a resume request)
   void finish();               // prints the final line (Bar or Summary)
+  // A message about the job (e.g. "retrying"), on its own line: the bar is cleared first and redrawn on the
+  // next update. Nothing when quiet.
+  void note(const std::string& message);
 
   // "1.50 MiB" for bytes, "1234" for items; exposed for tests and other reports.
   static std::string format_amount(uint64_t n, Unit unit);
   // "label  12.3 MiB / 48.0 MiB   25%  8.1 MiB/s": the line drawn for a state (total 0: no size or
   // percentage; rate < 0: no rate). Exposed so tests can check it without a terminal.
-  static std::string format_line(const std::string& label, uint64_t done, uint64_t total, double rate, Unit unit);
+  static std::string format_line(const std::string& label, uint64_t done, uint64_t total, double rate,
+                                 Unit unit);
 
  private:
   void draw(bool final);

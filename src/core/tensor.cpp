@@ -12,7 +12,7 @@ std::string shape_str(const Shape& s) {
 
 std::vector<float> to_float(const TensorView& t) {
   const int64_t n = t.numel();
-  std::vector<float> out(size_t(n));
+  std::vector<float> out(static_cast<size_t>(n));
   switch (t.dtype) {
     case DType::F32:
       std::copy(t.as<float>(), t.as<float>() + n, out.begin());

@@ -183,7 +183,16 @@ void apply_generation(GenerationDefaults& g, const json& j, const std::string& s
   g.repetition_penalty = field<double>(j, "repetition_penalty", g.repetition_penalty, src);
   g.length_penalty = field<double>(j, "length_penalty", g.length_penalty, src);
   g.no_repeat_ngram_size = field<int64_t>(j, "no_repeat_ngram_size", g.no_repeat_ngram_size, src);
-  if (auto it = j.find("early_stopping"); it != j.end() && it->is_boolean()) g.early_stopping = it->get<bool>();
+  if (auto it = j.find("early_stopping"); it != j.end() && !it->is_null()) {
+    if (it->is_boolean()) {
+      g.early_stopping = it->get<bool>();
+      g.early_stopping_never = false;
+    } else if (it->is_string() && it->get<std::string>() == "never") {
+      g.early_stopping_never = true;
+    } else {
+      fail(src + ": field 'early_stopping' must be true, false or \"never\": " + it->dump());
+    }
+  }
 }
 
 }  // namespace

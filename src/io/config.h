@@ -58,7 +58,8 @@ struct GenerationDefaults {
   int64_t num_beams = 1, num_return_sequences = 1;
   double temperature = 1.0, top_p = 1.0, repetition_penalty = 1.0, length_penalty = 1.0;
   int64_t top_k = 50, no_repeat_ngram_size = 0;
-  bool early_stopping = false;  // transformers also accepts "never"; Kestrel treats it as false
+  bool early_stopping = false;
+  bool early_stopping_never = false;  // generation_config.json's early_stopping: "never"
 };
 
 struct ModelConfig {

@@ -15,6 +15,8 @@
 
 namespace kestrel {
 
+namespace fs = std::filesystem;
+
 namespace {
 
 std::string env_or_empty(const char* name) {
@@ -40,11 +42,13 @@ std::filesystem::path hf_hub_cache_dir() {
   if (auto v = env_or_empty("HF_HOME"); !v.empty()) return expand_user(v) / "hub";
   if (auto v = env_or_empty("XDG_CACHE_HOME"); !v.empty()) return expand_user(v) / "huggingface" / "hub";
   const std::string home = env_or_empty("HOME");
-  if (home.empty()) fail("cannot locate the Hugging Face cache: HOME is not set (set HF_HUB_CACHE or HF_HOME)");
+  if (home.empty())
+    fail("cannot locate the Hugging Face cache: HOME is not set (set HF_HUB_CACHE or HF_HOME)");
   return fs::path(home) / ".cache" / "huggingface" / "hub";
 }
 
-std::optional<std::filesystem::path> find_in_hf_cache(const std::string& repo_id, const std::string& revision) {
+std::optional<std::filesystem::path> find_in_hf_cache(const std::string& repo_id,
+                                                      const std::string& revision) {
   if (!hf_cache::is_valid_repo_id(repo_id) || !hf_cache::is_valid_revision(revision)) return std::nullopt;
   return hf_cache::lookup(hf_hub_cache_dir(), repo_id, revision).snapshot;
 }
@@ -53,7 +57,9 @@ namespace hf_cache {
 
 namespace {
 
-bool is_name_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; }
+bool is_name_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+}
 
 bool is_valid_name_part(std::string_view s) {
   if (s.empty() || s.size() > 96) return false;
@@ -106,6 +112,15 @@ std::optional<std::vector<std::string>> index_shards(const fs::path& index) {
     shards.push_back(file.get<std::string>());
   }
   return shards;
+}
+
+// ".name.kestrel-<pid>" next to `path`: a private name to write under before renaming onto `path`.
+fs::path temp_sibling(const fs::path& path) {
+  std::string name = ".";
+  name += path.filename().string();
+  name += ".kestrel-";
+  name += std::to_string(::getpid());
+  return path.parent_path() / name;
 }
 
 void create_dirs(const fs::path& dir) {
@@ -164,7 +179,9 @@ std::string repo_folder_name(std::string_view repo_id) {
   }
 }
 
-fs::path repo_dir(const fs::path& cache, std::string_view repo_id) { return cache / repo_folder_name(repo_id); }
+fs::path repo_dir(const fs::path& cache, std::string_view repo_id) {
+  return cache / repo_folder_name(repo_id);
+}
 
 Lookup lookup(const fs::path& cache, std::string_view repo_id, std::string_view revision) {
   Lookup r;
@@ -177,12 +194,13 @@ Lookup lookup(const fs::path& cache, std::string_view repo_id, std::string_view 
     r.commit = std::string(revision);
   } else {
     const fs::path ref = repo / "refs" / std::string(revision);
-    auto text = read_small_file(ref, 256);
-    if (!text) {
-      r.problem = "revision '" + std::string(revision) + "' was never fetched (" + ref.string() + " is missing)";
+    if (!exists_noexcept(ref)) {
+      r.problem =
+          "revision '" + std::string(revision) + "' was never fetched (" + ref.string() + " is missing)";
       return r;
     }
-    r.commit = trim(*text);
+    auto text = read_small_file(ref, 256);
+    r.commit = text ? trim(*text) : std::string();
     if (!is_commit_hash(r.commit)) {
       r.problem = ref.string() + " does not hold a commit hash";
       r.commit.clear();
@@ -216,7 +234,9 @@ bool has_weights(const fs::path& snapshot) {
   return false;
 }
 
-fs::path blob_path(const fs::path& repo, std::string_view etag) { return repo / "blobs" / std::string(etag); }
+fs::path blob_path(const fs::path& repo, std::string_view etag) {
+  return repo / "blobs" / std::string(etag);
+}
 
 fs::path lock_path(const fs::path& cache, std::string_view repo_id, std::string_view etag) {
   return cache / ".locks" / repo_folder_name(repo_id) / (std::string(etag) + ".lock");
@@ -228,7 +248,7 @@ void link_blob(const fs::path& repo, std::string_view commit, std::string_view f
   // Relative target, as huggingface_hub writes it, so the cache folder can be moved as a whole.
   const fs::path target = blob_path(repo, etag).lexically_relative(link.parent_path());
   // Symlink under a temporary name, then rename over the final name: the pointer appears whole or not at all.
-  const fs::path tmp = link.parent_path() / ("." + link.filename().string() + ".kestrel-" + std::to_string(::getpid()));
+  const fs::path tmp = temp_sibling(link);
   std::error_code ec;
   fs::remove(tmp, ec);
   fs::create_symlink(target, tmp, ec);
@@ -255,7 +275,7 @@ void mark_missing(const fs::path& repo, std::string_view commit, std::string_vie
 
 void write_file_atomically(const fs::path& path, std::string_view contents) {
   create_dirs(path.parent_path());
-  const fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".kestrel-" + std::to_string(::getpid()));
+  const fs::path tmp = temp_sibling(path);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out.write(contents.data(), std::streamsize(contents.size()));

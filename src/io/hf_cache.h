@@ -20,7 +20,8 @@ namespace fs = std::filesystem;
 bool is_commit_hash(std::string_view s);  // 40 lowercase hex digits
 // "name" or "org/name" with the Hub's characters (letters, digits, '-', '_', '.'), no "--" or ".." inside.
 bool is_valid_repo_id(std::string_view id);
-// A branch, tag or commit usable both in a URL and under refs/: no "..", no leading '/', no control characters.
+// A branch, tag or commit usable both in a URL and under refs/: no "..", no leading '/', no control
+// characters.
 bool is_valid_revision(std::string_view rev);
 // A repository-relative file name that stays inside the snapshot ("a/b.bin"; no "..", no absolute path).
 bool is_safe_relative_path(std::string_view name);

@@ -27,7 +27,9 @@ uint64_t non_negative(const nlohmann::json& v, const std::string& ctx, const cha
     return u;
   }
   if (v.is_number_integer()) fail(ctx + what + " " + std::to_string(v.get<int64_t>()) + " is negative");
-  fail(ctx + what + " must be an integer, got " + v.dump());
+  std::string text = v.dump();
+  if (text.size() > 40) text = text.substr(0, 40) + "...";
+  fail(ctx + what + " must be an integer, got " + text);
 }
 
 SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& info, uint64_t data_start,
@@ -66,8 +68,8 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& info
   if (end > data_size)
     fail(ctx + offsets + " run past the data section (" + std::to_string(data_size) + " bytes)");
   if (end - begin != nbytes)
-    fail(ctx + offsets + " hold " + std::to_string(end - begin) + " bytes but shape " + shape_str(e.shape) + " of " +
-         dtype + " needs " + std::to_string(nbytes));
+    fail(ctx + offsets + " hold " + std::to_string(end - begin) + " bytes but shape " + shape_str(e.shape) +
+         " of " + dtype + " needs " + std::to_string(nbytes));
   e.begin = data_start + begin;
   e.end = data_start + end;
   return e;
@@ -75,15 +77,16 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& info
 
 }  // namespace
 
-std::vector<SafetensorsEntry> parse_safetensors(const unsigned char* data, size_t size, const std::string& label) {
+std::vector<SafetensorsEntry> parse_safetensors(const unsigned char* data, size_t size,
+                                                const std::string& label) {
   if (size < 8) fail(label + ": too small for a safetensors file (" + std::to_string(size) + " bytes)");
   const uint64_t header_len = bytes::le64(data);
   if (header_len > kMaxHeaderBytes)
     fail(label + ": safetensors header length " + std::to_string(header_len) + " is absurd (limit " +
          std::to_string(kMaxHeaderBytes) + ")");
   if (header_len > size - 8)
-    fail(label + ": safetensors header length " + std::to_string(header_len) + " runs past the end of the file (" +
-         std::to_string(size) + " bytes)");
+    fail(label + ": safetensors header length " + std::to_string(header_len) +
+         " runs past the end of the file (" + std::to_string(size) + " bytes)");
 
   nlohmann::json header;
   try {
@@ -102,7 +105,8 @@ std::vector<SafetensorsEntry> parse_safetensors(const unsigned char* data, size_
     entries.push_back(parse_entry(name, info, data_start, data_size, label));
   }
 
-  // Two tensors must never share bytes: sort by position and compare neighbours (empty tensors share nothing).
+  // Two tensors must never share bytes: sort by position and compare neighbours (empty tensors share
+  // nothing).
   std::vector<const SafetensorsEntry*> by_offset;
   for (const auto& e : entries)
     if (e.end > e.begin) by_offset.push_back(&e);
