@@ -4,8 +4,8 @@ namespace kestrel::byte_level {
 
 namespace {
 
-// GPT-2's bytes_to_unicode(): bytes that are printable Latin-1 ('!'..'~', '¡'..'¬', '®'..'ÿ') map to themselves;
-// the remaining 68 bytes map, in increasing order, to U+0100, U+0101, ...
+// GPT-2's bytes_to_unicode(): bytes that are printable Latin-1 ('!'..'~', '¡'..'¬', '®'..'ÿ') map to
+// themselves; the remaining 68 bytes map, in increasing order, to U+0100, U+0101, ...
 struct Tables {
   std::array<char32_t, 256> byte_to_cp{};
   std::array<int16_t, 324> cp_to_byte{};  // every code point used is below 256 + 68
@@ -29,7 +29,9 @@ const Tables& tables() {
 
 }  // namespace
 
-char32_t byte_to_codepoint(uint8_t b) { return tables().byte_to_cp[b]; }
+char32_t byte_to_codepoint(uint8_t b) {
+  return tables().byte_to_cp[b];
+}
 
 std::optional<uint8_t> codepoint_to_byte(char32_t cp) {
   const auto& t = tables();
@@ -63,7 +65,8 @@ namespace kestrel::utf8 {
 namespace {
 
 // Length of a well-formed sequence that starts with `lead`, and the allowed range of its second byte (the
-// standard's Table 3-7, which rules out overlongs, surrogates and code points above U+10FFFF). 0 = invalid lead.
+// standard's Table 3-7, which rules out overlongs, surrogates and code points above U+10FFFF). 0 = invalid
+// lead.
 struct LeadInfo {
   int length;
   uint8_t lo, hi;

@@ -2,9 +2,9 @@
 // GPT-2's byte-level alphabet and the UTF-8 helpers around it.
 //
 // Byte-level BPE never sees raw bytes in its files: each of the 256 byte values is written as one printable
-// Unicode character (printable Latin-1 bytes stand for themselves, the others are shifted to U+0100 and up), so
-// vocab.json and merges.txt stay plain text. Kestrel runs BPE directly on bytes and uses these tables only to
-// read the files and to turn tokens back into bytes.
+// Unicode character (printable Latin-1 bytes stand for themselves, the others are shifted to U+0100 and up),
+// so vocab.json and merges.txt stay plain text. Kestrel runs BPE directly on bytes and uses these tables only
+// to read the files and to turn tokens back into bytes.
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -15,7 +15,8 @@ namespace kestrel::byte_level {
 
 // The code point that stands for byte `b` in vocab.json / merges.txt.
 char32_t byte_to_codepoint(uint8_t b);
-// The inverse: the byte that code point `cp` stands for, or nothing if `cp` is outside the byte-level alphabet.
+// The inverse: the byte that code point `cp` stands for, or nothing if `cp` is outside the byte-level
+// alphabet.
 std::optional<uint8_t> codepoint_to_byte(char32_t cp);
 
 // Turns a token as written in the files ("Ġthe") into the bytes it stands for (" the"). Returns nothing if
