@@ -1,0 +1,121 @@
+#pragma once
+// The CUDA op set: the same ops as kernels/cpu/ops.h, on device pointers, in fp32, fp16 or bf16. Every
+// function enqueues work on `stream` and returns at once; nothing here allocates device memory except the
+// GEMM context's workspace, so a session can plan all memory up front and capture a decode step in a CUDA
+// graph. Elements are addressed as row-major [rows, width] matrices. "T" below is the compute dtype of an op
+// (F32, F16 or BF16); accumulation is always fp32. Nothing here knows GPT-2 from T5.
+#include <cstdint>
+#include <memory>
+
+#include "core/dtype.h"
+
+struct CUstream_st;
+
+namespace kestrel::cuda {
+
+using Stream = CUstream_st*;
+
+enum class Act { Identity, GeluTanh, GeluErf, QuickGelu, Relu, Silu, Tanh, Sigmoid };
+
+// Throws kestrel::Error naming `what` when a CUDA runtime call failed (also the last launch error).
+void check(int cuda_error, const char* what);
+// Checks the last kernel launch.
+void check_launch(const char* kernel);
+
+// Bytes per element of a compute dtype; fails for anything but F32/F16/BF16.
+size_t element_size(DType t);
+
+// dst[n] = convert(src[n]) between any two of F32, F16, BF16.
+void convert(const void* src, DType src_t, void* dst, DType dst_t, int64_t n, Stream stream);
+
+// A cuBLASLt handle, its workspace and the algorithms chosen per GEMM shape.
+class GemmContext {
+ public:
+  GemmContext();
+  ~GemmContext();
+  GemmContext(const GemmContext&) = delete;
+  GemmContext& operator=(const GemmContext&) = delete;
+  // Bytes of device memory the context holds (its workspace), for memory planning.
+  static size_t workspace_bytes();
+
+  struct Impl;  // defined in gemm.cu
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Rows at or under this count go through the hand-written GEMV (the weight streamed once with 16-byte loads);
+// larger ones through cuBLASLt with a fused epilogue.
+constexpr int64_t kGemvMaxRows = 8;
+
+// y[M,N] (dtype yt) = act(x[M,K] · W[N,K]ᵀ + bias[N]); x and W share dtype wt; bias (may be null) has dtype
+// yt. With `residual`, y += that instead (y is usually the fp32 residual stream).
+void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
+            const void* bias, Act act, bool residual, void* y, DType yt, Stream stream);
+
+// Gated FFN: h = x · [W0; W1]ᵀ, y[M,F] = act(h[:, :F]) * h[:, F:] (+= with residual). `scratch` is an fp32
+// [M, 2F] buffer used above the GEMV row limit.
+void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W01, DType wt, int64_t F,
+                  Act act, bool residual, void* y, DType yt, float* scratch, Stream stream);
+
+// y[M,D] (dtype yt) = norm(x[M,D] (dtype xt)) * gamma (+ beta) * out_scale. gamma/beta are fp32; beta may be
+// null. rms: x / sqrt(mean(x²) + eps) (T5); otherwise (x - mean) / sqrt(var + eps) (LayerNorm). x may equal
+// y.
+void norm(const void* x, DType xt, int64_t M, int64_t D, const float* gamma, const float* beta, bool rms,
+          float eps, float out_scale, void* y, DType yt, Stream stream);
+
+// y[t,:] (fp32) = table[ids[t], :] (+ pos_table[positions[t], :]); tables have dtype table_t. Ids and
+// positions are checked by the caller.
+void embedding(const int32_t* ids, const int32_t* positions, int64_t T, const void* table,
+               const void* pos_table, DType table_t, int64_t D, float* y, Stream stream);
+
+// y[r,:] = x[src_rows[r], :] for r < R (dtype t, width D).
+void gather_rows(const void* x, const int32_t* src_rows, int64_t R, int64_t D, DType t, void* y,
+                 Stream stream);
+
+// Writes K and V of T tokens into per-row caches: token t (of batch row row[t], at position pos[t]) copies
+// src[t, k_offset : k_offset + I] to cache_k[(phys[row[t]] * max_len + pos[t]) * I ...] and likewise V.
+void store_kv(const void* src, int64_t src_stride, int64_t k_offset, int64_t v_offset, int64_t I, int64_t T,
+              const int32_t* row, const int32_t* pos, const int32_t* phys, int64_t max_len, DType t,
+              void* cache_k, void* cache_v, Stream stream);
+
+// Attention for T query tokens, all pointers on the device. Query token t belongs to batch row tok_row[t] and
+// sits at key position tok_pos[t]; it sees keys j < key_count[row] (and j <= tok_pos[t] when causal), key j
+// of that row stored at k + (key_base[row] + j) * kv_stride + head * head_dim. Scores, softmax and the
+// weighted sum stay in registers and shared memory; only the output (and, when split, per-split partial sums)
+// reach device memory.
+struct AttentionArgs {
+  const void* q = nullptr;
+  int64_t q_stride = 0;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t kv_stride = 0;
+  const int32_t* key_base = nullptr;
+  const int32_t* key_count = nullptr;
+  const int32_t* tok_row = nullptr;
+  const int32_t* tok_pos = nullptr;
+  int64_t T = 0;
+  int heads = 0, head_dim = 0;
+  float scale = 1.0f;
+  bool causal = false;
+  // T5 relative-position bias: score += bias_table[bucket[key_pos - query_pos + bucket_center] * heads +
+  // head].
+  const float* bias_table = nullptr;
+  const int32_t* bucket = nullptr;
+  int64_t bucket_center = 0;
+  void* out = nullptr;
+  int64_t out_stride = 0;
+  DType dtype = DType::F32;
+  // Keys are split into `splits` ranges handled by separate blocks (long decode contexts fill the GPU); then
+  // `partials` must hold T * heads * splits * (head_dim + 2) floats.
+  int splits = 1;
+  float* partials = nullptr;
+};
+constexpr int kMaxHeadDim = 256;
+void attention(const AttentionArgs& a, Stream stream);
+
+// ids[r] = argmax over logits[r, :V] (fp32), the first index on ties (as torch.argmax).
+void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, Stream stream);
+
+}  // namespace kestrel::cuda

@@ -1,0 +1,771 @@
+// The CUDA Session (see cuda_session.h): memory planning, weight upload, KV caches, running a plan's ops
+// through kernels/cuda, and the CUDA graph of the decode step.
+#include "runtime/cuda_session.h"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+
+#include "core/error.h"
+
+namespace kestrel {
+
+DType parse_precision(const std::string& name) {
+  if (name == "fp32") return DType::F32;
+  if (name == "fp16") return DType::F16;
+  if (name == "bf16") return DType::BF16;
+  fail("--precision: '" + name + "' is not one of fp32, fp16, bf16");
+}
+
+}  // namespace kestrel
+
+#ifndef KESTREL_HAVE_CUDA
+
+namespace kestrel {
+bool cuda_device_available() {
+  return false;
+}
+
+std::unique_ptr<Session> open_cuda_session(const Model&, const SessionOptions&, const CudaSessionOptions&) {
+  fail(
+      "--device cuda: this build of kestrel has no CUDA backend (nvcc was not found when it was configured); "
+      "use --device cpu");
+}
+}  // namespace kestrel
+
+#else
+
+#include <cuda_runtime.h>
+
+#include "build/packed_weights.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops.h"
+#include "runtime/token_checks.h"
+
+namespace kestrel {
+
+namespace {
+
+using cuda::check;
+constexpr size_t kAlign = 256;
+constexpr int kMaxSplits = 32;
+// Rows of logits one forward may return (all_positions scoring of long batches needs more passes).
+constexpr int64_t kMaxOutputRows = 2048;
+constexpr size_t kStagingFloats = size_t(16) << 20;   // 64 MiB of fp32 per upload chunk
+constexpr size_t kHeadroomBytes = size_t(256) << 20;  // CUDA context, cuBLASLt kernels, graphs
+
+size_t align_up(size_t n) {
+  return (n + kAlign - 1) / kAlign * kAlign;
+}
+
+std::string gib(size_t bytes) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
+  return s;
+}
+
+cuda::Act to_kernel_act(Activation a) {
+  switch (a) {
+    case Activation::GeluTanh:
+      return cuda::Act::GeluTanh;
+    case Activation::GeluErf:
+      return cuda::Act::GeluErf;
+    case Activation::QuickGelu:
+      return cuda::Act::QuickGelu;
+    case Activation::Relu:
+      return cuda::Act::Relu;
+    case Activation::Silu:
+      return cuda::Act::Silu;
+    case Activation::Tanh:
+      return cuda::Act::Tanh;
+    case Activation::Sigmoid:
+      return cuda::Act::Sigmoid;
+    case Activation::Linear:
+      return cuda::Act::Identity;
+  }
+  internal_error("unknown activation");
+}
+
+// The per-forward token metadata, one int32 block uploaded with a single copy. Offsets are in int32 elements.
+struct MetaLayout {
+  int64_t ids, tok_row, tok_pos, take_src, phys, local_base, local_count, self_base, self_count, cross_base,
+      cross_count, total;
+  MetaLayout(int64_t max_tokens, int64_t max_out, int64_t max_batch) {
+    int64_t o = 0;
+    auto take = [&](int64_t n) {
+      const int64_t at = o;
+      o += (n + 63) / 64 * 64;
+      return at;
+    };
+    ids = take(max_tokens);
+    tok_row = take(max_tokens);
+    tok_pos = take(max_tokens);
+    take_src = take(max_out);
+    phys = take(max_batch);
+    local_base = take(max_batch);
+    local_count = take(max_batch);
+    self_base = take(max_batch);
+    self_count = take(max_batch);
+    cross_base = take(max_batch);
+    cross_count = take(max_batch);
+    total = o;
+  }
+};
+
+}  // namespace
+
+struct CudaSession::Impl {
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<cuda::GemmContext> gemm;
+  char* arena = nullptr;
+  size_t arena_used = 0, arena_size = 0;
+  MetaLayout meta{0, 0, 0};
+  int32_t* meta_dev = nullptr;
+  int32_t* meta_host = nullptr;  // pinned
+  int32_t* ids_dev = nullptr;
+  int32_t* ids_host = nullptr;  // pinned
+  void* convert_scratch = nullptr;
+  float* gate_scratch = nullptr;
+  float* partials = nullptr;
+
+  void* carve(size_t bytes) {
+    if (arena_used + align_up(bytes) > arena_size) internal_error("CUDA memory plan under-counted");
+    void* p = arena + arena_used;
+    arena_used += align_up(bytes);
+    return p;
+  }
+  const int32_t* dev(int64_t offset) const { return meta_dev + offset; }
+};
+
+CudaSession::CudaSession(const Model& model, const SessionOptions& options, const CudaSessionOptions& cuda)
+    : model_(model),
+      plan_(model.plan()),
+      options_(options),
+      compute_(parse_precision(cuda.precision)),
+      vocab_(model.config().vocab_size()),
+      impl_(std::make_unique<Impl>()) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0)
+    fail(std::string("--device cuda: no usable NVIDIA GPU (") +
+         (e != cudaSuccess ? cudaGetErrorString(e) : "none found") + "); use --device cpu");
+  if (cuda.device_index < 0 || cuda.device_index >= count)
+    fail("--device cuda: GPU " + std::to_string(cuda.device_index) + " does not exist (" +
+         std::to_string(count) + " found)");
+  check(cudaSetDevice(cuda.device_index), "cudaSetDevice");
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, cuda.device_index), "cudaGetDeviceProperties");
+  device_name_ = prop.name;
+  sm_count_ = prop.multiProcessorCount;
+  if (prop.major < 8)
+    fail("--device cuda: GPU '" + device_name_ + "' has compute capability " + std::to_string(prop.major) +
+         "." + std::to_string(prop.minor) +
+         "; the CUDA backend needs 8.0 or newer (fp16/bf16 tensor cores); use --device cpu");
+
+  max_batch_ = options.max_batch > 0 ? options.max_batch : cuda.max_batch;
+  if (max_batch_ < 1) fail("--max-batch must be >= 1, got " + std::to_string(max_batch_));
+  max_length_ = cuda.max_length > 0 ? cuda.max_length : std::min<int64_t>(plan_.max_positions, 1024);
+  if (cuda.max_length < 0) fail("--max-length must be >= 1, got " + std::to_string(cuda.max_length));
+  if (max_length_ > plan_.max_positions)
+    fail("--max-length " + std::to_string(max_length_) + " exceeds the model's " +
+         std::to_string(plan_.max_positions) + " positions");
+  max_tokens_ = max_batch_ * max_length_;
+  max_out_rows_ = std::max(max_batch_, std::min(max_tokens_, kMaxOutputRows));
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops)
+      if (op.kind == OpKind::Attention) {
+        heads_ = std::max(heads_, op.heads);
+        head_dim_ = std::max(head_dim_, op.head_dim);
+      }
+  if (head_dim_ > cuda::kMaxHeadDim)
+    fail("--device cuda: attention head size " + std::to_string(head_dim_) + " exceeds the CUDA backend's " +
+         std::to_string(cuda::kMaxHeadDim) + "; use --device cpu");
+
+  // Buffer dtypes: the residual stream (written by Embed, residual Linears, TakeOutputs and ops after it) and
+  // the logits are fp32; everything else is in the compute dtype.
+  bool after_take = false;
+  std::map<std::string, DType> dtype;
+  std::map<std::string, int64_t> capacity;
+  for (const auto& [name, width] : plan_.buffers) {
+    dtype[name] = compute_;
+    capacity[name] = max_tokens_;
+  }
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder}) {
+    after_take = false;
+    for (const Op& op : *ops) {
+      if (op.kind == OpKind::TakeOutputs) after_take = true;
+      if (op.output.empty() || op.kind == OpKind::PositionBias) continue;
+      if (op.kind == OpKind::Embed || op.kind == OpKind::TakeOutputs ||
+          (op.kind == OpKind::Linear && op.residual))
+        dtype[op.output] = DType::F32;
+      if (after_take) capacity[op.output] = max_out_rows_;
+    }
+  }
+  if (!plan_.decoder.empty()) dtype[plan_.decoder.back().output] = DType::F32;
+  for (const auto& [name, width] : plan_.buffers) {
+    bool is_bias = false;
+    for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+      for (const Op& op : *ops)
+        if (op.kind == OpKind::PositionBias && op.output == name) is_bias = true;
+    if (is_bias) continue;
+    buffers_.push_back(Buffer{name, width, dtype[name], capacity[name]});
+  }
+
+  // Weight dtypes follow their role: norm scales and position-bias tables fp32, biases the dtype of the
+  // buffer they are added into, matrices and embedding tables the compute dtype.
+  auto assign = [&](const std::string& w, DType t) {
+    auto [it, fresh] = weight_dtype_.emplace(w, t);
+    if (!fresh && it->second != t) internal_error("weight '" + w + "' is used in two dtypes by the plan");
+  };
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops) {
+      switch (op.kind) {
+        case OpKind::Norm:
+        case OpKind::PositionBias:
+          for (const auto& w : op.weights) assign(w, DType::F32);
+          break;
+        case OpKind::Embed:
+          for (const auto& w : op.weights) assign(w, compute_);
+          break;
+        case OpKind::Linear:
+          assign(op.weights[0], compute_);
+          if (op.weights.size() > 1) assign(op.weights[1], dtype[op.output]);
+          break;
+        default:
+          break;
+      }
+    }
+  size_t weight_bytes = 0;
+  for (const auto& [name, t] : weight_dtype_)
+    weight_bytes += align_up(size_t(shape_numel(plan_.weight(name).shape)) * dtype_size(t));
+
+  check(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  plan_memory(weight_bytes);
+  upload_weights();
+  encoder_ = bind(plan_.encoder);
+  decoder_ = bind(plan_.decoder);
+}
+
+CudaSession::~CudaSession() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+  impl_->gemm.reset();
+  if (impl_->stream) cudaStreamDestroy(impl_->stream);
+  if (impl_->arena) cudaFree(impl_->arena);
+  if (impl_->meta_host) cudaFreeHost(impl_->meta_host);
+  if (impl_->ids_host) cudaFreeHost(impl_->ids_host);
+}
+
+void CudaSession::plan_memory(size_t weight_bytes) {
+  const size_t T = dtype_size(compute_);
+  size_t activations = 0;
+  for (const Buffer& b : buffers_)
+    activations += align_up(size_t(b.capacity * b.width) * dtype_size(b.dtype));
+  // Scratch: fp32 inputs converted for 16-bit GEMMs, and the fp32 [rows, 2F] product of gated FFNs.
+  size_t convert_bytes = 0, gate_bytes = 0;
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops) {
+      if (op.kind != OpKind::Linear) continue;
+      auto in = std::find_if(buffers_.begin(), buffers_.end(),
+                             [&](const Buffer& b) { return b.name == op.inputs[0]; });
+      if (in == buffers_.end()) internal_error("plan op uses undeclared buffer '" + op.inputs[0] + "'");
+      if (in->dtype != compute_)
+        convert_bytes = std::max(convert_bytes, size_t(in->capacity * in->width) * T);
+      if (op.gated)
+        gate_bytes = std::max(gate_bytes, size_t(in->capacity * plan_.weight(op.weights[0]).shape[0]) * 4);
+    }
+  const size_t cache_row = size_t(max_length_ * plan_.kv_width) * T;
+  const size_t caches =
+      2 * size_t(plan_.self_slots + plan_.cross_slots) * align_up(size_t(max_batch_) * cache_row);
+  const size_t partials = size_t(max_batch_ * heads_ * kMaxSplits * (head_dim_ + 2)) * 4;
+  size_t luts = 0;
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops)
+      if (op.kind == OpKind::PositionBias) luts += align_up(size_t(2 * max_length_ + 1) * 4);
+  impl_->meta = MetaLayout(max_tokens_, max_out_rows_, max_batch_);
+  const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4);
+  const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
+                       align_up(partials) + luts + meta;
+  planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
+
+  size_t free_bytes = 0, total_bytes = 0;
+  check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+  const size_t staging = kStagingFloats * 4;
+  if (planned_bytes_ + staging + kHeadroomBytes > free_bytes)
+    fail("--device cuda: the model needs " + gib(planned_bytes_) + " on GPU '" + device_name_ +
+         "' (weights " + gib(weight_bytes) + ", KV caches " + gib(caches) + " for --max-batch " +
+         std::to_string(max_batch_) + " x --max-length " + std::to_string(max_length_) + ", activations " +
+         gib(activations) + ") but only " + gib(free_bytes) +
+         " are free; lower --max-batch / --max-length, use --precision fp16, or --device cpu");
+
+  impl_->gemm = std::make_unique<cuda::GemmContext>();
+  check(cudaMalloc(reinterpret_cast<void**>(&impl_->arena), total), "allocating the planned GPU memory");
+  impl_->arena_size = total;
+  for (Buffer& b : buffers_) b.data = impl_->carve(size_t(b.capacity * b.width) * dtype_size(b.dtype));
+  if (convert_bytes) impl_->convert_scratch = impl_->carve(convert_bytes);
+  if (gate_bytes) impl_->gate_scratch = static_cast<float*>(impl_->carve(gate_bytes));
+  auto caches_of = [&](int64_t slots, std::vector<void*>& k, std::vector<void*>& v) {
+    for (int64_t s = 0; s < slots; ++s) {
+      k.push_back(impl_->carve(size_t(max_batch_) * cache_row));
+      v.push_back(impl_->carve(size_t(max_batch_) * cache_row));
+    }
+  };
+  caches_of(plan_.self_slots, self_k_, self_v_);
+  caches_of(plan_.cross_slots, cross_k_, cross_v_);
+  impl_->partials = static_cast<float*>(impl_->carve(partials));
+  impl_->meta_dev = static_cast<int32_t*>(impl_->carve(size_t(impl_->meta.total) * 4));
+  impl_->ids_dev = static_cast<int32_t*>(impl_->carve(size_t(max_batch_) * 4));
+  check(cudaMallocHost(reinterpret_cast<void**>(&impl_->meta_host), size_t(impl_->meta.total) * 4),
+        "pinned memory");
+  check(cudaMallocHost(reinterpret_cast<void**>(&impl_->ids_host), size_t(max_out_rows_) * 4),
+        "pinned memory");
+  std::memset(impl_->meta_host, 0, size_t(impl_->meta.total) * 4);
+
+  // Relative-position buckets, computed once on the host with the CPU definition so both backends agree
+  // exactly.
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops) {
+      if (op.kind != OpKind::PositionBias) continue;
+      PositionBias pb{op.output};
+      pb.bucket = static_cast<int32_t*>(impl_->carve(size_t(2 * max_length_ + 1) * 4));
+      std::vector<int32_t> lut(size_t(2 * max_length_ + 1));
+      for (int64_t r = -max_length_; r <= max_length_; ++r)
+        lut[size_t(r + max_length_)] =
+            int32_t(cpu::t5_relative_bucket(r, op.bidirectional, op.num_buckets, op.max_distance));
+      check(cudaMemcpy(pb.bucket, lut.data(), lut.size() * 4, cudaMemcpyHostToDevice),
+            "uploading position buckets");
+      position_biases_.push_back(pb);
+    }
+}
+
+void CudaSession::upload_weights() {
+  const PackedWeights& packed = model_.weights();
+  float* staging = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&staging), kStagingFloats * 4), "weight upload staging");
+  try {
+    for (const auto& [name, t] : weight_dtype_) {
+      const PackedTensor& src = packed.get(name);
+      void* dst = impl_->carve(src.data.size() * dtype_size(t));
+      weight_ptr_[name] = dst;
+      for (size_t at = 0; at < src.data.size(); at += kStagingFloats) {
+        const size_t n = std::min(kStagingFloats, src.data.size() - at);
+        char* out = static_cast<char*>(dst) + at * dtype_size(t);
+        if (t == DType::F32) {
+          check(cudaMemcpyAsync(out, src.data.data() + at, n * 4, cudaMemcpyHostToDevice, impl_->stream),
+                "uploading weights");
+        } else {
+          check(cudaMemcpyAsync(staging, src.data.data() + at, n * 4, cudaMemcpyHostToDevice, impl_->stream),
+                "uploading weights");
+          cuda::convert(staging, DType::F32, out, t, int64_t(n), impl_->stream);
+        }
+        check(cudaStreamSynchronize(impl_->stream), "uploading weights");
+      }
+    }
+  } catch (...) {
+    cudaFree(staging);
+    throw;
+  }
+  cudaFree(staging);
+  // Position-bias tables are read by the attention kernel.
+  for (auto& pb : position_biases_)
+    for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+      for (const Op& op : *ops)
+        if (op.kind == OpKind::PositionBias && op.output == pb.buffer)
+          pb.table = static_cast<const float*>(weight_ptr_.at(op.weights[0]));
+}
+
+std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) {
+  auto index = [&](const std::string& name) {
+    for (size_t i = 0; i < buffers_.size(); ++i)
+      if (buffers_[i].name == name) return int(i);
+    internal_error("plan op uses undeclared buffer '" + name + "'");
+  };
+  std::vector<BoundOp> bound;
+  for (const Op& op : ops) {
+    if (op.kind == OpKind::PositionBias) continue;  // the attention kernel looks the bias up per score
+    BoundOp b;
+    b.op = &op;
+    for (const auto& w : op.weights) b.w.push_back(weight_ptr_.at(w));
+    if (!op.weights.empty()) b.wt = weight_dtype_.at(op.weights[0]);
+    if (!op.inputs.empty()) b.in = index(op.inputs[0]);
+    if (!op.output.empty()) b.out = index(op.output);
+    if (!op.bias.empty()) {
+      for (size_t i = 0; i < position_biases_.size(); ++i)
+        if (position_biases_[i].buffer == op.bias) b.bias = int(i);
+      if (b.bias < 0) internal_error("attention bias '" + op.bias + "' has no PositionBias op");
+    }
+    if (op.kind == OpKind::Attention && buffers_[size_t(b.out)].dtype != compute_)
+      internal_error("attention output '" + op.output + "' is not in the compute dtype");
+    bound.push_back(std::move(b));
+  }
+  return bound;
+}
+
+void CudaSession::check_tokens(const TokenRows& rows, const char* what, bool decoder) const {
+  std::function<int64_t(size_t)> cached;
+  if (decoder) cached = [this](size_t b) { return b < rows_.size() ? rows_[b].length : int64_t{0}; };
+  check_token_rows(rows, what, vocab_, cached, plan_.max_positions, max_length_);
+}
+
+void CudaSession::begin(const TokenRows& rows, const TokenRows& decoder_prefix, std::vector<float>* logits,
+                        std::vector<int64_t>* ids, bool all_positions) {
+  if (rows.empty()) fail("start: no rows given");
+  if (int64_t(rows.size()) > max_batch_)
+    fail("start: " + std::to_string(rows.size()) + " rows exceed the session's --max-batch of " +
+         std::to_string(max_batch_));
+  const Want want = logits ? Want::Logits : Want::Ids;
+  rows_.clear();
+  auto fresh_rows = [&] {
+    rows_.assign(rows.size(), RowState{});
+    for (size_t b = 0; b < rows.size(); ++b) rows_[b].phys = int64_t(b);
+  };
+  if (!is_encoder_decoder()) {
+    if (!decoder_prefix.empty())
+      fail("start: a decoder prefix is only meaningful for encoder-decoder models");
+    check_tokens(rows, "prompt", true);
+    fresh_rows();
+    forward(decoder_, rows, false, all_positions, want, logits, ids);
+    return;
+  }
+  TokenRows prefix = decoder_prefix;
+  if (prefix.empty()) prefix.assign(rows.size(), {model_.decoder_start_token_id()});
+  if (prefix.size() != rows.size())
+    fail("start: " + std::to_string(prefix.size()) + " decoder prefixes for " + std::to_string(rows.size()) +
+         " encoder inputs");
+  check_tokens(rows, "encoder input", false);
+  check_tokens(prefix, "decoder prefix", true);
+  fresh_rows();
+  forward(encoder_, rows, true, false, Want::Nothing, nullptr, nullptr);
+  forward(decoder_, prefix, false, all_positions, want, logits, ids);
+}
+
+std::vector<float> CudaSession::start(const TokenRows& rows, const TokenRows& decoder_prefix,
+                                      bool all_positions) {
+  std::vector<float> logits;
+  begin(rows, decoder_prefix, &logits, nullptr, all_positions);
+  return logits;
+}
+
+std::vector<int64_t> CudaSession::greedy_start(const TokenRows& rows, const TokenRows& decoder_prefix) {
+  std::vector<int64_t> ids;
+  begin(rows, decoder_prefix, nullptr, &ids, false);
+  return ids;
+}
+
+std::vector<float> CudaSession::step(const TokenRows& tokens, bool all_positions) {
+  if (rows_.empty()) fail("step: call start() first");
+  if (tokens.size() != rows_.size())
+    fail("step: " + std::to_string(tokens.size()) + " rows of tokens for a batch of " +
+         std::to_string(rows_.size()));
+  check_tokens(tokens, "step", true);
+  std::vector<float> logits;
+  forward(decoder_, tokens, false, all_positions, Want::Logits, &logits, nullptr);
+  return logits;
+}
+
+std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_tokens) {
+  if (rows_.empty()) fail("step: call start() first");
+  if (next_tokens.size() != rows_.size())
+    fail("step: " + std::to_string(next_tokens.size()) + " tokens for a batch of " +
+         std::to_string(rows_.size()));
+  TokenRows tokens;
+  tokens.reserve(next_tokens.size());
+  for (int64_t t : next_tokens) tokens.push_back({t});
+  check_tokens(tokens, "step", true);
+  std::vector<int64_t> ids;
+  forward(decoder_, tokens, false, false, Want::Ids, nullptr, &ids);
+  return ids;
+}
+
+void CudaSession::reorder(const std::vector<int64_t>& src_rows) {
+  if (src_rows.empty()) fail("reorder: empty row list");
+  if (int64_t(src_rows.size()) > max_batch_)
+    fail("reorder: " + std::to_string(src_rows.size()) + " rows exceed the session's --max-batch of " +
+         std::to_string(max_batch_));
+  for (int64_t s : src_rows)
+    if (s < 0 || s >= int64_t(rows_.size()))
+      fail("reorder: source row " + std::to_string(s) + " is outside the batch of " +
+           std::to_string(rows_.size()));
+  // The first new row taking an old row keeps its physical cache row; later copies get a free one. Sources
+  // stay claimed, so no copy overwrites a row another copy still reads.
+  std::vector<RowState> next;
+  std::vector<bool> claimed(size_t(max_batch_), false);
+  std::vector<size_t> copies;
+  for (size_t i = 0; i < src_rows.size(); ++i) {
+    next.push_back(rows_[size_t(src_rows[i])]);
+    if (!claimed[size_t(next[i].phys)])
+      claimed[size_t(next[i].phys)] = true;
+    else
+      copies.push_back(i);
+  }
+  const size_t T = dtype_size(compute_);
+  const size_t row_bytes = size_t(max_length_ * plan_.kv_width) * T;
+  int64_t free_row = 0;
+  for (size_t i : copies) {
+    while (claimed[size_t(free_row)]) ++free_row;
+    claimed[size_t(free_row)] = true;
+    const int64_t from = next[i].phys;
+    auto copy = [&](const std::vector<void*>& caches, int64_t tokens) {
+      const size_t n = size_t(tokens * plan_.kv_width) * T;
+      for (void* c : caches)
+        check(cudaMemcpyAsync(static_cast<char*>(c) + size_t(free_row) * row_bytes,
+                              static_cast<char*>(c) + size_t(from) * row_bytes, n, cudaMemcpyDeviceToDevice,
+                              impl_->stream),
+              "reorder: copying a KV-cache row");
+    };
+    copy(self_k_, next[i].length);
+    copy(self_v_, next[i].length);
+    copy(cross_k_, next[i].encoder_length);
+    copy(cross_v_, next[i].encoder_length);
+    next[i].phys = free_row;
+  }
+  rows_ = std::move(next);
+}
+
+int64_t CudaSession::decoder_length(int64_t b) const {
+  if (b < 0 || b >= int64_t(rows_.size()))
+    fail("decoder_length: row " + std::to_string(b) + " is outside the batch of " +
+         std::to_string(rows_.size()));
+  return rows_[size_t(b)].length;
+}
+
+int CudaSession::choose_splits(int64_t T, int64_t heads, int64_t max_keys) const {
+  // Enough blocks for two per SM, each split keeping at least 64 keys; only decode-sized forwards have room
+  // for the partial sums.
+  if (T > max_batch_) return 1;
+  int splits = 1;
+  while (splits * 2 <= kMaxSplits && T * heads * splits < 2 * int64_t(sm_count_) &&
+         max_keys / (splits * 2) >= 64)
+    splits *= 2;
+  return splits;
+}
+
+void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder,
+                          bool all_positions, Want want, std::vector<float>* logits,
+                          std::vector<int64_t>* ids) {
+  const MetaLayout& L = impl_->meta;
+  int32_t* m = impl_->meta_host;
+  const int64_t B = int64_t(tokens.size());
+  int64_t T = 0;
+  for (const auto& r : tokens) T += int64_t(r.size());
+  if (T > max_tokens_) internal_error("forward of " + std::to_string(T) + " tokens exceeds the plan");
+  const int64_t out_rows = all_positions ? T : B;
+  if (!encoder && out_rows > max_out_rows_)
+    fail("scoring " + std::to_string(out_rows) + " positions at once exceeds the CUDA session's limit of " +
+         std::to_string(max_out_rows_) + " rows of logits per call; score fewer or shorter rows per call");
+  int64_t t = 0, max_self = 0, max_cross = 0;
+  bool one_token_each = !encoder && !all_positions;
+  for (int64_t b = 0; b < B; ++b) {
+    const RowState& row = rows_[size_t(b)];
+    const int64_t n = int64_t(tokens[size_t(b)].size());
+    const int64_t past = encoder ? 0 : row.length;
+    one_token_each = one_token_each && n == 1;
+    m[L.local_base + b] = int32_t(t);
+    m[L.local_count + b] = int32_t(n);
+    m[L.phys + b] = int32_t(row.phys);
+    m[L.self_base + b] = int32_t(row.phys * max_length_);
+    m[L.self_count + b] = int32_t(past + n);
+    m[L.cross_base + b] = int32_t(row.phys * max_length_);
+    m[L.cross_count + b] = int32_t(row.encoder_length);
+    max_self = std::max(max_self, past + n);
+    max_cross = std::max(max_cross, row.encoder_length);
+    for (int64_t i = 0; i < n; ++i, ++t) {
+      m[L.ids + t] = int32_t(tokens[size_t(b)][size_t(i)]);
+      m[L.tok_row + t] = int32_t(b);
+      m[L.tok_pos + t] = int32_t(past + i);
+      if (all_positions) m[L.take_src + t] = int32_t(t);
+    }
+    if (!all_positions) m[L.take_src + b] = int32_t(t - 1);
+  }
+  cudaStream_t s = impl_->stream;
+  check(cudaMemcpyAsync(impl_->meta_dev, m, size_t(L.total) * 4, cudaMemcpyHostToDevice, s),
+        "uploading tokens");
+
+  const int splits_self = encoder ? 1 : choose_splits(T, heads_, max_self);
+  const int splits_cross = encoder ? 1 : choose_splits(T, heads_, max_cross);
+  if (one_token_each) {
+    const auto key = std::make_tuple(B, splits_self, splits_cross);
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      cudaGraph_t graph = nullptr;
+      check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      try {
+        run_program(program, T, out_rows, splits_self, splits_cross, encoder);
+      } catch (...) {
+        cudaStreamEndCapture(s, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      check(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(e, "cudaGraphInstantiate");
+      it = graphs_.emplace(key, exec).first;
+    }
+    check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), s), "cudaGraphLaunch");
+  } else {
+    run_program(program, T, out_rows, splits_self, splits_cross, encoder);
+  }
+
+  const Buffer& out = buffers_[size_t(decoder_.back().out)];
+  if (want == Want::Ids) {
+    cuda::argmax_rows(static_cast<const float*>(out.data), out_rows, out.width, impl_->ids_dev, s);
+    check(cudaMemcpyAsync(impl_->ids_host, impl_->ids_dev, size_t(out_rows) * 4, cudaMemcpyDeviceToHost, s),
+          "reading token ids");
+  }
+  check(cudaStreamSynchronize(s), encoder ? "encoder forward" : "decoder forward");
+  if (want == Want::Logits) {
+    logits->resize(size_t(out_rows * out.width));
+    check(cudaMemcpy(logits->data(), out.data, logits->size() * 4, cudaMemcpyDeviceToHost), "reading logits");
+  } else if (want == Want::Ids) {
+    ids->assign(impl_->ids_host, impl_->ids_host + out_rows);
+  }
+
+  for (int64_t b = 0; b < B; ++b) {
+    if (encoder)
+      rows_[size_t(b)].encoder_length = int64_t(tokens[size_t(b)].size());
+    else
+      rows_[size_t(b)].length += int64_t(tokens[size_t(b)].size());
+  }
+}
+
+void CudaSession::run_program(const std::vector<BoundOp>& program, int64_t T, int64_t out_rows,
+                              int splits_self, int splits_cross, bool encoder) {
+  for (const BoundOp& b : program) run_op(b, T, out_rows, splits_self, splits_cross);
+}
+
+void CudaSession::run_op(const BoundOp& b, int64_t T, int64_t out_rows, int splits_self, int splits_cross) {
+  const Op& op = *b.op;
+  const MetaLayout& L = impl_->meta;
+  cudaStream_t s = impl_->stream;
+  switch (op.kind) {
+    case OpKind::Embed: {
+      Buffer& out = buffer(b.out);
+      out.rows = T;
+      const void* pos = plan_.embed_positions && b.w.size() > 1 ? b.w[1] : nullptr;
+      cuda::embedding(impl_->dev(L.ids), impl_->dev(L.tok_pos), T, b.w[0], pos, b.wt, out.width,
+                      static_cast<float*>(out.data), s);
+      return;
+    }
+    case OpKind::PositionBias:
+      return;
+    case OpKind::Norm: {
+      Buffer& in = buffer(b.in);
+      Buffer& out = buffer(b.out);
+      if (b.in == b.out && in.dtype != out.dtype) internal_error("in-place norm across dtypes");
+      out.rows = in.rows;
+      const float* beta = b.w.size() > 1 ? static_cast<const float*>(b.w[1]) : nullptr;
+      cuda::norm(in.data, in.dtype, in.rows, in.width, static_cast<const float*>(b.w[0]), beta,
+                 op.norm == NormKind::RMS, float(op.eps), op.out_scale, out.data, out.dtype, s);
+      return;
+    }
+    case OpKind::Linear: {
+      Buffer& in = buffer(b.in);
+      Buffer& out = buffer(b.out);
+      if (!op.residual)
+        out.rows = in.rows;
+      else if (out.rows != in.rows)
+        internal_error("residual linear into '" + op.output + "' with mismatched rows");
+      const void* x = in.data;
+      if (in.dtype != b.wt) {  // e.g. the fp32 final hidden state feeding a 16-bit LM head
+        cuda::convert(in.data, in.dtype, impl_->convert_scratch, b.wt, in.rows * in.width, s);
+        x = impl_->convert_scratch;
+      }
+      const int64_t N = plan_.weight(op.weights[0]).shape[0];
+      if (op.gated)
+        cuda::gated_linear(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N / 2, to_kernel_act(op.act),
+                           op.residual, out.data, out.dtype, impl_->gate_scratch, s);
+      else
+        cuda::linear(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N, b.w.size() > 1 ? b.w[1] : nullptr,
+                     to_kernel_act(op.act), op.residual, out.data, out.dtype, s);
+      return;
+    }
+    case OpKind::Attention: {
+      Buffer& in = buffer(b.in);
+      Buffer& out = buffer(b.out);
+      out.rows = in.rows;
+      const int64_t I = op.heads * op.head_dim;
+      const size_t es = dtype_size(compute_);
+      cuda::AttentionArgs a;
+      a.q = in.data;
+      a.q_stride = in.width;
+      a.tok_row = impl_->dev(L.tok_row);
+      a.tok_pos = impl_->dev(L.tok_pos);
+      a.T = in.rows;
+      a.heads = int(op.heads);
+      a.head_dim = int(op.head_dim);
+      a.scale = op.scale;
+      a.causal = op.causal;
+      a.out = out.data;
+      a.out_stride = out.width;
+      a.dtype = compute_;
+      a.partials = impl_->partials;
+      switch (op.kv) {
+        case KVSource::Local:
+          a.k = static_cast<const char*>(in.data) + size_t(I) * es;
+          a.v = static_cast<const char*>(in.data) + size_t(2 * I) * es;
+          a.kv_stride = in.width;
+          a.key_base = impl_->dev(L.local_base);
+          a.key_count = impl_->dev(L.local_count);
+          break;
+        case KVSource::Self:
+          cuda::store_kv(in.data, in.width, I, 2 * I, I, in.rows, impl_->dev(L.tok_row),
+                         impl_->dev(L.tok_pos), impl_->dev(L.phys), max_length_, compute_,
+                         self_k_[size_t(op.slot)], self_v_[size_t(op.slot)], s);
+          a.k = self_k_[size_t(op.slot)];
+          a.v = self_v_[size_t(op.slot)];
+          a.kv_stride = I;
+          a.key_base = impl_->dev(L.self_base);
+          a.key_count = impl_->dev(L.self_count);
+          a.splits = splits_self;
+          break;
+        case KVSource::Cross:
+          a.k = cross_k_[size_t(op.slot)];
+          a.v = cross_v_[size_t(op.slot)];
+          a.kv_stride = I;
+          a.key_base = impl_->dev(L.cross_base);
+          a.key_count = impl_->dev(L.cross_count);
+          a.splits = splits_cross;
+          break;
+      }
+      if (b.bias >= 0) {
+        const PositionBias& pb = position_biases_[size_t(b.bias)];
+        a.bias_table = pb.table;
+        a.bucket = pb.bucket;
+        a.bucket_center = max_length_;
+      }
+      cuda::attention(a, s);
+      return;
+    }
+    case OpKind::StoreKV: {
+      Buffer& in = buffer(b.in);
+      const int64_t I = plan_.kv_width;
+      cuda::store_kv(in.data, in.width, 0, I, I, in.rows, impl_->dev(L.tok_row), impl_->dev(L.tok_pos),
+                     impl_->dev(L.phys), max_length_, compute_, cross_k_[size_t(op.slot)],
+                     cross_v_[size_t(op.slot)], s);
+      return;
+    }
+    case OpKind::TakeOutputs: {
+      Buffer& in = buffer(b.in);
+      Buffer& out = buffer(b.out);
+      if (in.dtype != out.dtype) internal_error("take_outputs across dtypes");
+      out.rows = out_rows;
+      cuda::gather_rows(in.data, impl_->dev(L.take_src), out_rows, in.width, in.dtype, out.data, s);
+      return;
+    }
+  }
+}
+
+std::unique_ptr<Session> open_cuda_session(const Model& model, const SessionOptions& options,
+                                           const CudaSessionOptions& cuda) {
+  return std::make_unique<CudaSession>(model, options, cuda);
+}
+
+bool cuda_device_available() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+}  // namespace kestrel
+
+#endif  // KESTREL_HAVE_CUDA

@@ -1,0 +1,143 @@
+#pragma once
+// The CUDA Session: runs the same Plan as CpuSession on one NVIDIA GPU, in fp32, fp16 or bf16.
+//  - Memory is planned once, up front, from --max-batch and --max-length: weights (converted to the compute
+//    dtype), every activation buffer, the KV caches of max_batch rows, and the GEMM workspace, as one
+//    allocation. If it does not fit in the GPU's free memory the constructor fails before any work, naming
+//    the sizes.
+//  - The residual stream (Embed / residual Linear outputs) and the logits stay fp32 whatever the precision;
+//    GEMMs that add into the residual stream accumulate in fp32 straight into it (cuBLASLt beta = 1, or the
+//    GEMV epilogue), so a layer's output never passes through a 16-bit buffer on its way into the stream.
+//  - KV caches are [max_batch, max_length, kv_width] per slot; a batch row points at a physical cache row, so
+//    reorder() (beam search) copies only rows that are duplicated.
+//  - A decode step (every row fed one token, last-position logits) is captured once per (batch, split) shape
+//  in
+//    a CUDA graph and replayed; per step the host uploads one small block of token metadata.
+//  - Greedy decoding can stay on the GPU: greedy_start / greedy_step return only the argmax ids.
+// Without KESTREL_HAVE_CUDA (no nvcc at configure time) this header still compiles, and open_cuda_session
+// fails with a clear message.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/dtype.h"
+#include "models/plan.h"
+#include "runtime/engine.h"
+#include "runtime/session.h"
+
+namespace kestrel {
+
+struct CudaSessionOptions {
+  std::string precision = "fp16";  // fp32 | fp16 | bf16
+  int64_t max_batch = 8;           // rows of KV cache planned up front (beams count as rows)
+  int64_t max_length = 0;  // tokens per row (decoder sequence; also the encoder input); 0: min(model, 1024)
+  int device_index = 0;
+};
+
+// Parses "fp32" / "fp16" / "bf16"; a kestrel::Error naming the option otherwise.
+DType parse_precision(const std::string& name);
+
+std::unique_ptr<Session> open_cuda_session(const Model& model, const SessionOptions& options,
+                                           const CudaSessionOptions& cuda);
+
+// True when this build has the CUDA backend and the driver reports at least one GPU (`--device auto`).
+bool cuda_device_available();
+
+#ifdef KESTREL_HAVE_CUDA
+
+class CudaSession final : public Session {
+ public:
+  CudaSession(const Model& model, const SessionOptions& options, const CudaSessionOptions& cuda);
+  ~CudaSession() override;
+  CudaSession(const CudaSession&) = delete;
+  CudaSession& operator=(const CudaSession&) = delete;
+
+  bool is_encoder_decoder() const override { return !plan_.encoder.empty(); }
+  int64_t vocab_size() const override { return vocab_; }
+  int64_t max_positions() const override { return std::min<int64_t>(plan_.max_positions, max_length_); }
+  std::vector<float> start(const TokenRows& rows, const TokenRows& decoder_prefix = {},
+                           bool all_positions = false) override;
+  std::vector<float> step(const TokenRows& tokens, bool all_positions = false) override;
+  void reorder(const std::vector<int64_t>& src_rows) override;
+  int64_t batch_size() const override { return int64_t(rows_.size()); }
+  int64_t decoder_length(int64_t b) const override;
+
+  // Greedy decoding without logits leaving the GPU: the argmax id of each row's last position.
+  std::vector<int64_t> greedy_start(const TokenRows& rows, const TokenRows& decoder_prefix = {});
+  std::vector<int64_t> greedy_step(const std::vector<int64_t>& next_tokens);
+
+  DType compute_dtype() const { return compute_; }
+  size_t planned_bytes() const { return planned_bytes_; }
+  int captured_graphs() const { return int(graphs_.size()); }
+  std::string device_name() const { return device_name_; }
+
+  struct Impl;  // CUDA-typed state (stream, graphs, device pointers); defined in cuda_session.cpp
+
+ private:
+  struct RowState {
+    int64_t length = 0;          // decoder tokens fed so far
+    int64_t encoder_length = 0;  // T5 encoder tokens
+    int64_t phys = 0;            // physical KV-cache row
+  };
+  struct Buffer {
+    std::string name;
+    int64_t width = 0;
+    DType dtype = DType::F32;
+    int64_t capacity = 0;  // rows
+    void* data = nullptr;
+    int64_t rows = 0;  // rows of the current forward
+  };
+  struct BoundOp {
+    const Op* op;
+    std::vector<const void*> w;  // device pointers of op.weights
+    DType wt = DType::F32;       // dtype of w[0]
+    int in = -1, out = -1;
+    int bias = -1;  // index into position_biases_
+  };
+  struct PositionBias {
+    std::string buffer;
+    const float* table = nullptr;  // [num_buckets, heads] fp32
+    int32_t* bucket = nullptr;     // bucket of every relative distance in [-max_length, max_length]
+  };
+  enum class Want { Logits, Ids, Nothing };
+
+  void plan_memory(size_t weight_bytes);
+  void upload_weights();
+  std::vector<BoundOp> bind(const std::vector<Op>& ops);
+  void check_tokens(const TokenRows& rows, const char* what, bool decoder) const;
+  void forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder, bool all_positions,
+               Want want, std::vector<float>* logits, std::vector<int64_t>* ids);
+  void run_program(const std::vector<BoundOp>& program, int64_t T, int64_t out_rows, int splits_self,
+                   int splits_cross, bool encoder);
+  void run_op(const BoundOp& b, int64_t T, int64_t out_rows, int splits_self, int splits_cross);
+  int choose_splits(int64_t T, int64_t heads, int64_t max_keys) const;
+  void begin(const TokenRows& rows, const TokenRows& decoder_prefix, std::vector<float>* logits,
+             std::vector<int64_t>* ids, bool all_positions);
+  Buffer& buffer(int i) { return buffers_[size_t(i)]; }
+
+  const Model& model_;
+  const Plan& plan_;
+  SessionOptions options_;
+  DType compute_;
+  int64_t vocab_ = 0, max_batch_ = 0, max_length_ = 0, max_tokens_ = 0, max_out_rows_ = 0;
+  int64_t heads_ = 0, head_dim_ = 0;
+  int sm_count_ = 0;
+  size_t planned_bytes_ = 0;
+  std::string device_name_;
+  std::unique_ptr<Impl> impl_;
+  std::vector<Buffer> buffers_;
+  std::vector<PositionBias> position_biases_;
+  std::map<std::string, const void*> weight_ptr_;
+  std::map<std::string, DType> weight_dtype_;
+  std::vector<BoundOp> encoder_, decoder_;
+  std::vector<RowState> rows_;
+  std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;
+  std::map<std::tuple<int64_t, int, int>, void*>
+      graphs_;  // (batch, self splits, cross splits) -> cudaGraphExec_t
+};
+
+#endif  // KESTREL_HAVE_CUDA
+
+}  // namespace kestrel

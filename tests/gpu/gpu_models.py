@@ -1,0 +1,52 @@
+"""Random GPT-2 and T5 checkpoints for the GPU tests and benchmark, built with transformers (no Hub access).
+
+GPT-2 weights are drawn with a larger initializer_range than the default so logits are spread out (with 0.02 nearly
+every logit ties and greedy argmax would compare noise). T5 keeps transformers' default initialisation: a larger
+factor makes the model so ill-conditioned that even Kestrel CPU fp32 and transformers fp32 differ by ~4e-3.
+"""
+import json
+import pathlib
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+
+def small_gpt2(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=512, n_positions=512, n_embd=128, n_layer=3, n_head=4, initializer_range=0.15,
+                     bos_token_id=511, eos_token_id=511)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+def small_t5(path: pathlib.Path, seed: int = 0, gated: bool = False, ffn_scale: float = 1.0) -> pathlib.Path:
+    """ffn_scale > 1 multiplies every wo weight so the FFN outputs leave the fp16 range (real T5 does this)."""
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=384, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   relative_attention_num_buckets=32, relative_attention_max_distance=64,
+                   feed_forward_proj="gated-gelu" if gated else "relu", decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
+                   tie_word_embeddings=not gated)
+    model = T5ForConditionalGeneration(cfg).eval()
+    if ffn_scale != 1.0:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("DenseReluDense.wo.weight"):
+                    p.mul_(ffn_scale)
+    model.save_pretrained(path)
+    return path
+
+
+def real_shape_gpt2(path: pathlib.Path, size: str, dtype=torch.float16) -> pathlib.Path:
+    """GPT-2 of a real size with random weights (initialised on the GPU: fast), saved in fp16."""
+    dims = {"small": (768, 12, 12), "medium": (1024, 24, 16), "large": (1280, 36, 20), "xl": (1600, 48, 25)}[size]
+    cfg = GPT2Config(n_embd=dims[0], n_layer=dims[1], n_head=dims[2])
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = GPT2LMHeadModel(cfg).to(dtype).eval()
+    model.save_pretrained(path)
+    return path
+
+
+def write_rows(path: pathlib.Path, rows) -> pathlib.Path:
+    path.write_text(json.dumps([[int(t) for t in r] for r in rows]))
+    return path

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One device call: GPU parity suite, compute-sanitizer memcheck on a short generation of each model type, and the
+# GPU benchmark, using a build made beforehand (carry it): tests/gpu/run_all.sh BUILD_DIR OUT_DIR [bench sizes]
+# Everything lands under OUT_DIR as few files: parity.log, parity.jsonl, memcheck.log, bench.log, bench.json.
+set -uo pipefail
+BUILD=$(realpath "${1:?build dir}")
+OUT=$(realpath "${2:?output dir}")
+SIZES=${3:-small,xl}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+[ -f "$BUILD/libs.tar.xz" ] && [ ! -d "$BUILD/lib" ] && tar -C "$BUILD" -xJf "$BUILD/libs.tar.xz"
+# Host libraries the build machine linked (OpenBLAS & co.) may be absent on the GPU machine: a carried build puts
+# them in BUILD/lib (first) and BUILD/lib/fallback (last, only where the system lacks them).
+export LD_LIBRARY_PATH="$BUILD/lib:${LD_LIBRARY_PATH:-}:$BUILD/lib/fallback"
+export PYTHONUNBUFFERED=1 KESTREL_BUILD_DIR="$BUILD" KESTREL_GPU_REPORT="$OUT/parity.jsonl" HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+status=0
+
+echo "== parity" | tee "$OUT/summary.txt"
+(cd "$ROOT" && timeout 300 $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_parity.py) > "$OUT/parity.log" 2>&1 \
+  || status=1
+tail -n 3 "$OUT/parity.log" | tee -a "$OUT/summary.txt"
+
+echo "== memcheck" | tee -a "$OUT/summary.txt"
+MC=$(mktemp -d)
+$PY - "$MC" <<'PYEOF'
+import pathlib, sys
+sys.path.insert(0, "tests/gpu")
+import gpu_models as g
+d = pathlib.Path(sys.argv[1])
+g.small_gpt2(d / "gpt2"); g.small_t5(d / "t5", gated=True)
+g.write_rows(d / "p.json", [[5, 6, 7, 8], [9, 10]]); g.write_rows(d / "s.json", [[0, 4, 5], [0, 6]])
+PYEOF
+for m in gpt2 t5; do
+  for p in fp16 fp32; do
+    timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" \
+      --model "$MC/$m" --device cuda --precision $p --prompts "$MC/p.json" --score "$MC/s.json" --new-tokens 4 \
+      --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
+    rc=$?; echo "memcheck $m $p rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
+  done
+done
+
+echo "== cli" | tee -a "$OUT/summary.txt"
+# The kestrel CLI on the built-in models: cuda fp32 must print exactly what cpu prints; fp16 is reported.
+K="$BUILD/src/cli/kestrel"
+if [ -x "$K" ]; then
+  export KESTREL_CACHE=$(mktemp -d)
+  for m in "kestrel-gpt2-kjv|In the beginning" "kestrel-t5-kjv|In the beginning God <extra_id_0> the heaven and the earth."; do
+    name=${m%%|*}; prompt=${m#*|}
+    cpu=$("$K" generate "$name" --prompt "$prompt" --device cpu --json 2>>"$OUT/cli.log")
+    f32=$("$K" generate "$name" --prompt "$prompt" --device cuda --precision fp32 --json 2>>"$OUT/cli.log")
+    f16=$("$K" generate "$name" --prompt "$prompt" --device auto --json --stats 2>>"$OUT/cli.log")
+    beam=$("$K" generate "$name" --prompt "$prompt" --device cuda --precision fp32 --num-beams 4 --json 2>>"$OUT/cli.log")
+    beam_cpu=$("$K" generate "$name" --prompt "$prompt" --device cpu --num-beams 4 --json 2>>"$OUT/cli.log")
+    printf '%s\n cpu      %s\n cuda32   %s\n auto16   %s\n beam-gpu %s\n beam-cpu %s\n' "$name" "$cpu" "$f32" "$f16" \
+      "$beam" "$beam_cpu" | tee -a "$OUT/summary.txt"
+    # Token ids must agree (beam scores may differ in the last float digits between devices).
+    ids() { $PY -c 'import json,sys; print(json.load(sys.stdin)["ids"])' 2>/dev/null; }
+    [ -n "$cpu" ] && [ "$(ids <<<"$cpu")" = "$(ids <<<"$f32")" ] && [ "$(ids <<<"$beam")" = "$(ids <<<"$beam_cpu")" ] \
+      || { echo "cli mismatch: $name" | tee -a "$OUT/summary.txt"; status=1; }
+  done
+  tail -n 5 "$OUT/cli.log" >> "$OUT/summary.txt"
+fi
+
+echo "== bench" | tee -a "$OUT/summary.txt"
+(cd "$ROOT" && timeout 420 $PY bench/gpu_bench.py --build "$BUILD" --out "$OUT/bench.json" --sizes "$SIZES") \
+  > "$OUT/bench.log" 2>&1 || status=1
+tail -n 4 "$OUT/bench.log" | tee -a "$OUT/summary.txt"
+exit $status
