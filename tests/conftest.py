@@ -1,17 +1,12 @@
-"""Shared pytest fixtures: where the built binaries are, where ../shared is, random-checkpoint factories."""
-import os
+"""Fixtures shared by every test folder; plain helpers live in harness.py (conftest modules can't be imported
+by name reliably once several folders have one)."""
 import pathlib
-import subprocess
+import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-BUILD = pathlib.Path(os.environ.get("KESTREL_BUILD_DIR", ROOT / "build"))
-SHARED = pathlib.Path(os.environ.get("KESTREL_SHARED_DIR", ROOT.parent / "shared"))
-
-
-def kestrel_path() -> pathlib.Path:
-    return BUILD / "src" / "cli" / "kestrel"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from harness import BUILD, SHARED, kestrel_path  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,16 +27,3 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: tests that need ../shared are skipped")
     return SHARED
-
-
-def run_kestrel(*args, input=None, check=True, env=None, timeout=600):
-    """Runs the kestrel CLI; returns the CompletedProcess (text mode)."""
-    e = dict(os.environ)
-    e.setdefault("HF_HUB_OFFLINE", "1")
-    if env:
-        e.update(env)
-    r = subprocess.run([str(kestrel_path()), *map(str, args)], input=input, capture_output=True, text=True,
-                       env=e, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"kestrel {' '.join(map(str, args))} exited {r.returncode}:\n{r.stderr}")
-    return r

@@ -10,5 +10,6 @@ void register_inspect(CLI::App& app);
 void register_tokenize(CLI::App& app);   // tokenize + detokenize
 void register_generate(CLI::App& app);
 void register_score(CLI::App& app);
+void register_build(CLI::App& app);     // engine files (runtime/engine_io.h)
 
 }  // namespace kestrel::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   kestrel::cli::register_tokenize(app);
   kestrel::cli::register_generate(app);
   kestrel::cli::register_score(app);
+  kestrel::cli::register_build(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
