@@ -12,7 +12,6 @@ demo() {
   echo "prompt: $prompt"
   printf 'output: '
   "$KESTREL" generate "$model" --prompt "$prompt" --stats "$@"
-  echo
 }
 
 demo kestrel-gpt2-kjv "In the beginning" --max-new-tokens 40
