@@ -119,14 +119,7 @@ std::vector<float> CpuSession::step(const TokenRows& tokens, bool all_positions)
 }
 
 void CpuSession::reorder(const std::vector<int64_t>& src_rows) {
-  if (src_rows.empty()) fail("reorder: empty row list");
-  if (options_.max_batch > 0 && int64_t(src_rows.size()) > options_.max_batch)
-    fail("reorder: " + std::to_string(src_rows.size()) + " rows exceed the session's max_batch of " +
-         std::to_string(options_.max_batch));
-  for (int64_t s : src_rows)
-    if (s < 0 || s >= int64_t(rows_.size()))
-      fail("reorder: source row " + std::to_string(s) + " is outside the batch of " +
-           std::to_string(rows_.size()));
+  check_reorder(src_rows, int64_t(rows_.size()), options_.max_batch);
   std::vector<RowState> next;
   next.reserve(src_rows.size());
   for (int64_t s : src_rows) next.push_back(rows_[size_t(s)]);
@@ -134,9 +127,7 @@ void CpuSession::reorder(const std::vector<int64_t>& src_rows) {
 }
 
 int64_t CpuSession::decoder_length(int64_t b) const {
-  if (b < 0 || b >= int64_t(rows_.size()))
-    fail("decoder_length: row " + std::to_string(b) + " is outside the batch of " +
-         std::to_string(rows_.size()));
+  check_row_index(b, int64_t(rows_.size()), "decoder_length: row");
   return rows_[size_t(b)].length;
 }
 

@@ -477,14 +477,7 @@ std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_t
 }
 
 void CudaSession::reorder(const std::vector<int64_t>& src_rows) {
-  if (src_rows.empty()) fail("reorder: empty row list");
-  if (int64_t(src_rows.size()) > max_batch_)
-    fail("reorder: " + std::to_string(src_rows.size()) + " rows exceed the session's --max-batch of " +
-         std::to_string(max_batch_));
-  for (int64_t s : src_rows)
-    if (s < 0 || s >= int64_t(rows_.size()))
-      fail("reorder: source row " + std::to_string(s) + " is outside the batch of " +
-           std::to_string(rows_.size()));
+  check_reorder(src_rows, int64_t(rows_.size()), max_batch_);
   // The first new row taking an old row keeps its physical cache row; later copies get a free one. Sources
   // stay claimed, so no copy overwrites a row another copy still reads.
   std::vector<RowState> next;
@@ -522,9 +515,7 @@ void CudaSession::reorder(const std::vector<int64_t>& src_rows) {
 }
 
 int64_t CudaSession::decoder_length(int64_t b) const {
-  if (b < 0 || b >= int64_t(rows_.size()))
-    fail("decoder_length: row " + std::to_string(b) + " is outside the batch of " +
-         std::to_string(rows_.size()));
+  check_row_index(b, int64_t(rows_.size()), "decoder_length: row");
   return rows_[size_t(b)].length;
 }
 

@@ -27,4 +27,17 @@ void check_token_rows(const TokenRows& rows, const char* what, int64_t vocab,
   }
 }
 
+void check_reorder(const std::vector<int64_t>& src_rows, int64_t batch, int64_t max_batch) {
+  if (src_rows.empty()) fail("reorder: empty row list");
+  if (max_batch > 0 && int64_t(src_rows.size()) > max_batch)
+    fail("reorder: " + std::to_string(src_rows.size()) + " rows exceed the session's --max-batch of " +
+         std::to_string(max_batch));
+  for (int64_t s : src_rows) check_row_index(s, batch, "reorder: source row");
+}
+
+void check_row_index(int64_t b, int64_t batch, const char* what) {
+  if (b < 0 || b >= batch)
+    fail(std::string(what) + " " + std::to_string(b) + " is outside the batch of " + std::to_string(batch));
+}
+
 }  // namespace kestrel
