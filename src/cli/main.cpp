@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -15,6 +16,16 @@ int main(int argc, char** argv) {
   kestrel::cli::register_generate(app);
   kestrel::cli::register_score(app);
   kestrel::cli::register_build(app);
+  // CLI11 reports an unknown subcommand as "A subcommand is required"; name it instead.
+  const auto is_command = [&app](const std::string& name) {
+    for (const CLI::App* sub : app.get_subcommands({}))
+      if (sub->get_name() == name) return true;
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
+    std::cerr << "kestrel: error: unknown command '" << argv[1] << "' (see kestrel --help)\n";
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
