@@ -1,6 +1,7 @@
 #include "runtime/cpu_session.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 
@@ -151,7 +152,16 @@ std::vector<float> CpuSession::forward(const std::vector<BoundOp>& program, cons
     row.cross_k.resize(size_t(plan_.cross_slots));
     row.cross_v.resize(size_t(plan_.cross_slots));
   }
-  for (const BoundOp& b : program) run_op(b, feed);
+  for (const BoundOp& b : program) {
+    run_op(b, feed);
+    if (ranges_ && b.out >= 0 && b.op->kind != OpKind::PositionBias) {
+      const Buffer& out = buffer(b.out);
+      float peak = 0.0f;
+      for (int64_t i = 0; i < out.rows * out.width; ++i) peak = std::max(peak, std::fabs(out.data[size_t(i)]));
+      float& r = (*ranges_)[b.op];
+      r = std::max(r, peak);
+    }
+  }
   if (encoder) {
     for (size_t b = 0; b < tokens.size(); ++b) rows_[b].encoder_length = int64_t(tokens[b].size());
     return {};

@@ -2,6 +2,7 @@
 // The CPU Session: runs a Plan's programs with the CPU kernels. Rows are independent: each has its own KV
 // caches and length, and the tokens of all rows of a forward are concatenated into one [tokens, width] matrix
 // so every GEMM serves the whole batch, while attention runs row by row.
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,10 @@ class CpuSession final : public Session {
   void reorder(const std::vector<int64_t>& src_rows) override;
   int64_t batch_size() const override { return int64_t(rows_.size()); }
   int64_t decoder_length(int64_t b) const override;
+
+  // While set, every op's output records its largest |value| (over the rows it wrote) into *ranges, keyed by
+  // the plan op; the CUDA session's precision calibration reads them (runtime/calibration.h).
+  void record_ranges(std::map<const Op*, float>* ranges) { ranges_ = ranges; }
 
  private:
   // One row's state. Caches are [length, kv_width] per slot, K and V apart, grown as tokens arrive.
@@ -71,6 +76,7 @@ class CpuSession final : public Session {
   std::vector<Buffer> buffers_;
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
+  std::map<const Op*, float>* ranges_ = nullptr;
 };
 
 }  // namespace kestrel

@@ -3,8 +3,11 @@
 #include "runtime/cuda_session.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <set>
 
 #include "core/error.h"
 
@@ -40,6 +43,7 @@ std::unique_ptr<Session> open_cuda_session(const Model&, const SessionOptions&, 
 #include "build/packed_weights.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
+#include "runtime/calibration.h"
 #include "runtime/token_checks.h"
 
 namespace kestrel {
@@ -124,9 +128,11 @@ struct CudaSession::Impl {
   int32_t* meta_host = nullptr;  // pinned
   int32_t* ids_dev = nullptr;
   int32_t* ids_host = nullptr;  // pinned
+  unsigned long long* argmax_scratch = nullptr;
   void* convert_scratch = nullptr;
   float* gate_scratch = nullptr;
   float* partials = nullptr;
+  int* split_counters = nullptr;
 
   void* carve(size_t bytes) {
     if (arena_used + align_up(bytes) > arena_size) internal_error("CUDA memory plan under-counted");
@@ -202,6 +208,9 @@ CudaSession::CudaSession(const Model& model, const SessionOptions& options, cons
     }
   }
   if (!plan_.decoder.empty()) dtype[plan_.decoder.back().output] = DType::F32;
+  std::map<const Op*, DType> linear_wt;  // linear layers whose weights leave the compute dtype
+  if (compute_ == DType::F16) calibrate(dtype, linear_wt);
+  for (const std::string& note : precision_notes_) std::fprintf(stderr, "kestrel: fp16 calibration: %s\n", note.c_str());
   for (const auto& [name, width] : plan_.buffers) {
     bool is_bias = false;
     for (const auto* ops : {&plan_.encoder, &plan_.decoder})
@@ -228,7 +237,7 @@ CudaSession::CudaSession(const Model& model, const SessionOptions& options, cons
           for (const auto& w : op.weights) assign(w, compute_);
           break;
         case OpKind::Linear:
-          assign(op.weights[0], compute_);
+          assign(op.weights[0], linear_wt.count(&op) ? linear_wt.at(&op) : compute_);
           if (op.weights.size() > 1) assign(op.weights[1], dtype[op.output]);
           break;
         default:
@@ -255,6 +264,74 @@ CudaSession::~CudaSession() {
   if (impl_->ids_host) cudaFreeHost(impl_->ids_host);
 }
 
+void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const Op*, DType>& linear_wt) {
+  const char* off = std::getenv("KESTREL_NO_CALIBRATION");
+  if (off && *off && std::string(off) != "0") return;
+  const std::map<const Op*, float> ranges = measure_activation_ranges(model_, options_.threads);
+  const float limit = kFp16Max / kFp16Headroom;
+  auto range = [&](const Op& op) {
+    auto it = ranges.find(&op);
+    return it == ranges.end() ? 0.0f : it->second;
+  };
+  auto number = [](float v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.3g", double(v));
+    return std::string(b);
+  };
+  std::set<std::string> attention_io;  // must stay in the compute dtype (the attention kernels' contract)
+  std::map<std::string, int> weight_uses;
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops) {
+      if (op.kind == OpKind::Attention) attention_io.insert({op.inputs[0], op.output});
+      if (op.kind == OpKind::StoreKV) attention_io.insert(op.inputs[0]);
+      for (const auto& w : op.weights) ++weight_uses[w];
+    }
+  bool to_bf16 = false;
+  auto keep_fp32 = [&](const std::string& buffer, const std::string& why) {
+    if (dtype[buffer] != DType::F16) return;
+    if (attention_io.count(buffer)) {
+      to_bf16 = true;
+      precision_notes_.push_back("'" + buffer + "' " + why + " and attention reads it: computing in bf16");
+    } else {
+      dtype[buffer] = DType::F32;
+      precision_notes_.push_back("'" + buffer + "' " + why + ": kept in fp32");
+    }
+  };
+  // 1. Tensors whose measured range leaves fp16's (with headroom) stay in fp32.
+  std::map<std::string, float> peak;
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops)
+      if (!op.output.empty() && op.kind != OpKind::PositionBias)
+        peak[op.output] = std::max(peak[op.output], range(op));
+  for (const auto& [name, p] : peak)
+    if (p > limit) keep_fp32(name, "reaches |x| = " + number(p));
+  // 2. A linear layer reading such values runs in fp32 (its input would otherwise be rounded to the 16-bit
+  //    weight dtype; transformers keeps T5's wo in fp32 for the same reason); its output is fp32 too.
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder}) {
+    std::map<std::string, float> last;  // range of each buffer's latest writer
+    for (const Op& op : *ops) {
+      if (op.kind == OpKind::Linear && last[op.inputs[0]] > limit) {
+        if (weight_uses[op.weights[0]] > 1) {
+          precision_notes_.push_back("'" + op.weights[0] + "' reads |x| = " + number(last[op.inputs[0]]) +
+                                     " but is shared with another op: left in fp16");
+        } else {
+          linear_wt[&op] = DType::F32;
+          precision_notes_.push_back("'" + op.weights[0] + "' reads |x| = " + number(last[op.inputs[0]]) +
+                                     ": fp32 weights");
+          keep_fp32(op.output, "is written by an fp32 layer");
+        }
+      }
+      if (!op.output.empty()) last[op.output] = range(op);
+    }
+  }
+  if (to_bf16) {  // bf16 has fp32's range: every 16-bit tensor and weight moves there instead
+    compute_ = DType::BF16;
+    for (auto& [name, t] : dtype)
+      if (t == DType::F16) t = DType::BF16;
+    linear_wt.clear();
+  }
+}
+
 void CudaSession::plan_memory(size_t weight_bytes) {
   const size_t T = dtype_size(compute_);
   size_t activations = 0;
@@ -277,14 +354,16 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   const size_t caches =
       2 * size_t(plan_.self_slots + plan_.cross_slots) * align_up(size_t(max_batch_) * cache_row);
   const size_t partials = size_t(max_batch_ * heads_ * kMaxSplits * (head_dim_ + 2)) * 4;
+  const size_t counters = size_t(max_batch_ * heads_) * 4;
   size_t luts = 0;
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops)
       if (op.kind == OpKind::PositionBias) luts += align_up(size_t(2 * max_length_ + 1) * 4);
   impl_->meta = MetaLayout(max_tokens_, max_out_rows_, max_batch_);
-  const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4);
+  const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4) +
+                      align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8);
   const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
-                       align_up(partials) + luts + meta;
+                       align_up(partials) + align_up(counters) + luts + meta;
   planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
 
   size_t free_bytes = 0, total_bytes = 0;
@@ -312,8 +391,12 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   caches_of(plan_.self_slots, self_k_, self_v_);
   caches_of(plan_.cross_slots, cross_k_, cross_v_);
   impl_->partials = static_cast<float*>(impl_->carve(partials));
+  impl_->split_counters = static_cast<int*>(impl_->carve(counters));
+  check(cudaMemset(impl_->split_counters, 0, counters), "clearing attention split counters");
   impl_->meta_dev = static_cast<int32_t*>(impl_->carve(size_t(impl_->meta.total) * 4));
   impl_->ids_dev = static_cast<int32_t*>(impl_->carve(size_t(max_batch_) * 4));
+  impl_->argmax_scratch =
+      static_cast<unsigned long long*>(impl_->carve(size_t(max_batch_ * cuda::kArgmaxSlices) * 8));
   check(cudaMallocHost(reinterpret_cast<void**>(&impl_->meta_host), size_t(impl_->meta.total) * 4),
         "pinned memory");
   check(cudaMallocHost(reinterpret_cast<void**>(&impl_->ids_host), size_t(max_out_rows_) * 4),
@@ -396,6 +479,33 @@ std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) 
     if (op.kind == OpKind::Attention && buffers_[size_t(b.out)].dtype != compute_)
       internal_error("attention output '" + op.output + "' is not in the compute dtype");
     bound.push_back(std::move(b));
+  }
+  // Whether ops[from..] read buffer `name` before something overwrites it.
+  auto read_later = [&](size_t from, const std::string& name) {
+    for (size_t k = from; k < ops.size(); ++k) {
+      const Op& op = ops[k];
+      if (std::find(op.inputs.begin(), op.inputs.end(), name) != op.inputs.end()) return true;
+      if (op.output == name) {
+        if (op.kind == OpKind::Linear && op.residual) return true;
+        return false;
+      }
+    }
+    return false;
+  };
+  for (size_t i = 0; i + 1 < bound.size(); ++i) {
+    const Op& first = *bound[i].op;
+    const bool take = first.kind == OpKind::TakeOutputs;
+    if ((!take && first.kind != OpKind::Norm) || (take && i + 2 >= bound.size())) continue;
+    const Op& norm = take ? *bound[i + 1].op : first;
+    const Op& lin = take ? *bound[i + 2].op : *bound[i + 1].op;
+    const size_t after = take ? i + 3 : i + 2;
+    const std::string& source = first.inputs[0];
+    if (norm.kind != OpKind::Norm || lin.kind != OpKind::Linear || lin.inputs[0] != norm.output ||
+        (take && norm.inputs[0] != first.output) || lin.output == source ||
+        read_later(after, norm.output) || (take && first.output != norm.output && read_later(after - 1, first.output)))
+      continue;
+    bound[i].feeds_gemv = true;
+    if (take) bound[i + 1].feeds_gemv = true;
   }
   return bound;
 }
@@ -514,18 +624,22 @@ void CudaSession::reorder(const std::vector<int64_t>& src_rows) {
   rows_ = std::move(next);
 }
 
+CUstream_st* CudaSession::stream() const {
+  return impl_->stream;
+}
+
 int64_t CudaSession::decoder_length(int64_t b) const {
   check_row_index(b, int64_t(rows_.size()), "decoder_length: row");
   return rows_[size_t(b)].length;
 }
 
 int CudaSession::choose_splits(int64_t T, int64_t heads, int64_t max_keys) const {
-  // Enough blocks for two per SM, each split keeping at least 64 keys; only decode-sized forwards have room
-  // for the partial sums.
+  // Up to two blocks per SM, each split keeping at least 16 keys (a decode step's attention is latency: many
+  // short blocks finish sooner than a few long ones); only decode-sized forwards have room for the partials.
   if (T > max_batch_) return 1;
   int splits = 1;
-  while (splits * 2 <= kMaxSplits && T * heads * splits < 2 * int64_t(sm_count_) &&
-         max_keys / (splits * 2) >= 64)
+  while (splits * 2 <= kMaxSplits && T * heads * splits * 2 <= 2 * int64_t(sm_count_) &&
+         max_keys / (splits * 2) >= 16)
     splits *= 2;
   return splits;
 }
@@ -571,16 +685,26 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   check(cudaMemcpyAsync(impl_->meta_dev, m, size_t(L.total) * 4, cudaMemcpyHostToDevice, s),
         "uploading tokens");
 
-  const int splits_self = encoder ? 1 : choose_splits(T, heads_, max_self);
-  const int splits_cross = encoder ? 1 : choose_splits(T, heads_, max_cross);
+  Pass pass;
+  pass.T = T;
+  pass.out_rows = out_rows;
+  pass.splits_self = encoder ? 1 : choose_splits(T, heads_, max_self);
+  pass.splits_cross = encoder ? 1 : choose_splits(T, heads_, max_cross);
+  pass.decode = one_token_each;
+  const Buffer& out = buffers_[size_t(decoder_.back().out)];
+  auto argmax = [&] {
+    cuda::argmax_rows(static_cast<const float*>(out.data), out_rows, out.width, impl_->ids_dev,
+                      impl_->argmax_scratch, s);
+  };
   if (one_token_each) {
-    const auto key = std::make_tuple(B, splits_self, splits_cross);
+    const auto key = std::make_tuple(B, pass.splits_self, pass.splits_cross, want == Want::Ids);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
       check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
       try {
-        run_program(program, T, out_rows, splits_self, splits_cross, encoder);
+        run_program(program, pass);
+        if (want == Want::Ids) argmax();
       } catch (...) {
         cudaStreamEndCapture(s, &graph);
         if (graph) cudaGraphDestroy(graph);
@@ -595,12 +719,11 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
     }
     check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), s), "cudaGraphLaunch");
   } else {
-    run_program(program, T, out_rows, splits_self, splits_cross, encoder);
+    run_program(program, pass);
+    if (want == Want::Ids) argmax();
   }
 
-  const Buffer& out = buffers_[size_t(decoder_.back().out)];
   if (want == Want::Ids) {
-    cuda::argmax_rows(static_cast<const float*>(out.data), out_rows, out.width, impl_->ids_dev, s);
     check(cudaMemcpyAsync(impl_->ids_host, impl_->ids_dev, size_t(out_rows) * 4, cudaMemcpyDeviceToHost, s),
           "reading token ids");
   }
@@ -620,12 +743,55 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   }
 }
 
-void CudaSession::run_program(const std::vector<BoundOp>& program, int64_t T, int64_t out_rows,
-                              int splits_self, int splits_cross, bool encoder) {
-  for (const BoundOp& b : program) run_op(b, T, out_rows, splits_self, splits_cross);
+void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& pass) {
+  for (size_t i = 0; i < program.size();) {
+    const size_t fused = fused_linear(program, i, pass);
+    if (fused > 0) {
+      i += fused;
+    } else {
+      run_op(program[i], pass);
+      ++i;
+    }
+  }
 }
 
-void CudaSession::run_op(const BoundOp& b, int64_t T, int64_t out_rows, int splits_self, int splits_cross) {
+size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass) {
+  if (!program[i].feeds_gemv) return 0;
+  const bool take = program[i].op->kind == OpKind::TakeOutputs;
+  const size_t n = take ? 3 : 2;
+  const BoundOp& norm = program[i + n - 2];
+  const BoundOp& lin = program[i + n - 1];
+  Buffer& src = buffer(program[i].in);
+  const int64_t M = take ? pass.out_rows : src.rows;
+  const int64_t K = src.width;
+  if (M > cuda::kGemvMaxRows || !cuda::gemv_stages_input(M, K, lin.wt)) return 0;
+  const Op& nop = *norm.op;
+  const Op& lop = *lin.op;
+  if (take) buffer(program[i].out).rows = M;
+  buffer(norm.out).rows = M;
+  Buffer& out = buffer(lin.out);
+  if (!lop.residual)
+    out.rows = M;
+  else if (out.rows != M)
+    internal_error("residual linear into '" + lop.output + "' with mismatched rows");
+  cuda::LinearInput in;
+  in.x = src.data;
+  in.xt = src.dtype;
+  in.rows = take ? impl_->dev(impl_->meta.take_src) : nullptr;
+  in.gamma = static_cast<const float*>(norm.w[0]);
+  in.beta = norm.w.size() > 1 ? static_cast<const float*>(norm.w[1]) : nullptr;
+  in.rms = nop.norm == NormKind::RMS;
+  in.eps = float(nop.eps);
+  in.out_scale = nop.out_scale;
+  const int64_t N = plan_.weight(lop.weights[0]).shape[0];
+  cuda::gemv(in, M, K, lin.w[0], lin.wt, lop.gated ? N / 2 : N,
+             !lop.gated && lin.w.size() > 1 ? lin.w[1] : nullptr, to_kernel_act(lop.act), lop.gated,
+             lop.residual, out.data, out.dtype, impl_->stream);
+  return n;
+}
+
+void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
+  const int64_t T = pass.T, out_rows = pass.out_rows;
   const Op& op = *b.op;
   const MetaLayout& L = impl_->meta;
   cudaStream_t s = impl_->stream;
@@ -657,12 +823,19 @@ void CudaSession::run_op(const BoundOp& b, int64_t T, int64_t out_rows, int spli
         out.rows = in.rows;
       else if (out.rows != in.rows)
         internal_error("residual linear into '" + op.output + "' with mismatched rows");
+      const int64_t N = plan_.weight(op.weights[0]).shape[0];
+      if (in.dtype != b.wt && in.rows <= cuda::kGemvMaxRows &&
+          cuda::gemv_stages_input(in.rows, in.width, b.wt)) {  // the GEMV converts while staging its input
+        cuda::gemv(cuda::LinearInput{in.data, in.dtype}, in.rows, in.width, b.w[0], b.wt, op.gated ? N / 2 : N,
+                   !op.gated && b.w.size() > 1 ? b.w[1] : nullptr, to_kernel_act(op.act), op.gated,
+                   op.residual, out.data, out.dtype, s);
+        return;
+      }
       const void* x = in.data;
       if (in.dtype != b.wt) {  // e.g. the fp32 final hidden state feeding a 16-bit LM head
         cuda::convert(in.data, in.dtype, impl_->convert_scratch, b.wt, in.rows * in.width, s);
         x = impl_->convert_scratch;
       }
-      const int64_t N = plan_.weight(op.weights[0]).shape[0];
       if (op.gated)
         cuda::gated_linear(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N / 2, to_kernel_act(op.act),
                            op.residual, out.data, out.dtype, impl_->gate_scratch, s);
@@ -691,24 +864,34 @@ void CudaSession::run_op(const BoundOp& b, int64_t T, int64_t out_rows, int spli
       a.out_stride = out.width;
       a.dtype = compute_;
       a.partials = impl_->partials;
+      a.split_counters = impl_->split_counters;
+      a.max_keys = max_length_;
       switch (op.kv) {
         case KVSource::Local:
-          a.k = static_cast<const char*>(in.data) + size_t(I) * es;
-          a.v = static_cast<const char*>(in.data) + size_t(2 * I) * es;
+          a.k = static_cast<char*>(in.data) + size_t(I) * es;
+          a.v = static_cast<char*>(in.data) + size_t(2 * I) * es;
           a.kv_stride = in.width;
           a.key_base = impl_->dev(L.local_base);
           a.key_count = impl_->dev(L.local_count);
           break;
         case KVSource::Self:
-          cuda::store_kv(in.data, in.width, I, 2 * I, I, in.rows, impl_->dev(L.tok_row),
-                         impl_->dev(L.tok_pos), impl_->dev(L.phys), max_length_, compute_,
-                         self_k_[size_t(op.slot)], self_v_[size_t(op.slot)], s);
           a.k = self_k_[size_t(op.slot)];
           a.v = self_v_[size_t(op.slot)];
           a.kv_stride = I;
           a.key_base = impl_->dev(L.self_base);
           a.key_count = impl_->dev(L.self_count);
-          a.splits = splits_self;
+          a.splits = pass.splits_self;
+          if (pass.decode) {  // the new token's key and value go into the cache inside attention
+            a.fresh = in.data;
+            a.fresh_stride = in.width;
+            a.fresh_k_offset = I;
+            a.fresh_v_offset = 2 * I;
+            if (!cuda::attention_can_fuse_store(a)) a.fresh = nullptr;
+          }
+          if (!a.fresh)
+            cuda::store_kv(in.data, in.width, I, 2 * I, I, in.rows, impl_->dev(L.tok_row),
+                           impl_->dev(L.tok_pos), impl_->dev(L.phys), max_length_, compute_,
+                           self_k_[size_t(op.slot)], self_v_[size_t(op.slot)], s);
           break;
         case KVSource::Cross:
           a.k = cross_k_[size_t(op.slot)];
@@ -716,7 +899,7 @@ void CudaSession::run_op(const BoundOp& b, int64_t T, int64_t out_rows, int spli
           a.kv_stride = I;
           a.key_base = impl_->dev(L.cross_base);
           a.key_count = impl_->dev(L.cross_count);
-          a.splits = splits_cross;
+          a.splits = pass.splits_cross;
           break;
       }
       if (b.bias >= 0) {

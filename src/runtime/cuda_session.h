@@ -4,14 +4,16 @@
 //    dtype), every activation buffer, the KV caches of max_batch rows, and the GEMM workspace, as one
 //    allocation. If it does not fit in the GPU's free memory the constructor fails before any work, naming
 //    the sizes.
+//  - In fp16, a calibration pass decides which tensors stay out of fp16 (runtime/calibration.h).
 //  - The residual stream (Embed / residual Linear outputs) and the logits stay fp32 whatever the precision;
 //    GEMMs that add into the residual stream accumulate in fp32 straight into it (cuBLASLt beta = 1, or the
 //    GEMV epilogue), so a layer's output never passes through a 16-bit buffer on its way into the stream.
 //  - KV caches are [max_batch, max_length, kv_width] per slot; a batch row points at a physical cache row, so
 //    reorder() (beam search) copies only rows that are duplicated.
 //  - A decode step (every row fed one token, last-position logits) is captured once per (batch, split) shape
-//  in
-//    a CUDA graph and replayed; per step the host uploads one small block of token metadata.
+//    in a CUDA graph and replayed; per step the host uploads one small block of token metadata. Its kernels
+//    run under programmatic dependent launch (kernels/cuda/launch.cuh); each norm runs inside the GEMV it
+//    feeds and the KV-cache store inside attention, so a GPT-2 layer is five kernels.
 //  - Greedy decoding can stay on the GPU: greedy_start / greedy_step return only the argmax ids.
 // Without KESTREL_HAVE_CUDA (no nvcc at configure time) this header still compiles, and open_cuda_session
 // fails with a clear message.
@@ -26,6 +28,8 @@
 #include "models/plan.h"
 #include "runtime/engine.h"
 #include "runtime/session.h"
+
+struct CUstream_st;
 
 namespace kestrel {
 
@@ -72,6 +76,10 @@ class CudaSession final : public Session {
   size_t planned_bytes() const { return planned_bytes_; }
   int captured_graphs() const { return int(graphs_.size()); }
   std::string device_name() const { return device_name_; }
+  // What fp16 calibration changed (tensors kept in fp32, layers given fp32 weights); empty when nothing.
+  const std::vector<std::string>& precision_notes() const { return precision_notes_; }
+  // The stream all of this session's work runs on (for CUDA-event timing by callers).
+  CUstream_st* stream() const;
 
   struct Impl;  // CUDA-typed state (stream, graphs, device pointers); defined in cuda_session.cpp
 
@@ -95,6 +103,9 @@ class CudaSession final : public Session {
     DType wt = DType::F32;       // dtype of w[0]
     int in = -1, out = -1;
     int bias = -1;  // index into position_biases_
+    // A take_outputs / norm whose result only feeds the linear right after it (directly or through the norm):
+    // in decode-sized forwards that linear's GEMV gathers and normalises its input itself (fused_linear).
+    bool feeds_gemv = false;
   };
   struct PositionBias {
     std::string buffer;
@@ -103,15 +114,27 @@ class CudaSession final : public Session {
   };
   enum class Want { Logits, Ids, Nothing };
 
+  // fp16 only: measures activation ranges (runtime/calibration.h) and moves what would overflow out of fp16:
+  // buffer dtypes into fp32, linear layers reading them into fp32 weights, or everything into bf16.
+  void calibrate(std::map<std::string, DType>& dtype, std::map<const Op*, DType>& linear_wt);
   void plan_memory(size_t weight_bytes);
   void upload_weights();
   std::vector<BoundOp> bind(const std::vector<Op>& ops);
   void check_tokens(const TokenRows& rows, const char* what, bool decoder) const;
   void forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder, bool all_positions,
                Want want, std::vector<float>* logits, std::vector<int64_t>* ids);
-  void run_program(const std::vector<BoundOp>& program, int64_t T, int64_t out_rows, int splits_self,
-                   int splits_cross, bool encoder);
-  void run_op(const BoundOp& b, int64_t T, int64_t out_rows, int splits_self, int splits_cross);
+  // How a forward runs: its tokens, rows of output, attention splits, and whether every row feeds exactly
+  // one token (decode: the KV-cache store happens inside attention).
+  struct Pass {
+    int64_t T = 0, out_rows = 0;
+    int splits_self = 1, splits_cross = 1;
+    bool decode = false;
+  };
+  void run_program(const std::vector<BoundOp>& program, const Pass& pass);
+  void run_op(const BoundOp& b, const Pass& pass);
+  // Runs program[i..] as one GEMV if it is a take_outputs/norm chain into a decode-sized linear; returns the
+  // number of ops consumed (0: not fused).
+  size_t fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass);
   int choose_splits(int64_t T, int64_t heads, int64_t max_keys) const;
   void begin(const TokenRows& rows, const TokenRows& decoder_prefix, std::vector<float>* logits,
              std::vector<int64_t>* ids, bool all_positions);
@@ -126,6 +149,7 @@ class CudaSession final : public Session {
   int sm_count_ = 0;
   size_t planned_bytes_ = 0;
   std::string device_name_;
+  std::vector<std::string> precision_notes_;
   std::unique_ptr<Impl> impl_;
   std::vector<Buffer> buffers_;
   std::vector<PositionBias> position_biases_;
@@ -134,8 +158,8 @@ class CudaSession final : public Session {
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
   std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;
-  std::map<std::tuple<int64_t, int, int>, void*>
-      graphs_;  // (batch, self splits, cross splits) -> cudaGraphExec_t
+  // (batch, self splits, cross splits, argmax included) -> cudaGraphExec_t
+  std::map<std::tuple<int64_t, int, int, bool>, void*> graphs_;
 };
 
 #endif  // KESTREL_HAVE_CUDA

@@ -2,8 +2,8 @@
 // Kestrel in one process, so a single device call can check parity and time it.
 //
 //   kestrel_gpu_driver --model DIR --device cuda|cpu [--precision fp32|fp16|bf16] --prompts FILE.json
-//                      [--score FILE.json] [--new-tokens N] [--bench-runs R] [--max-batch B] [--max-length L]
-//                      --out PREFIX
+//                      [--score FILE.json] [--new-tokens N] [--bench-runs R] [--bench-only] [--max-batch B]
+//                      [--max-length L] --out PREFIX
 //
 // prompts: [[ids], ...] (GPT-2 prompts, or T5 encoder inputs). Writes PREFIX.json with:
 //   score    (when --score, or for GPT-2 the prompts themselves): log_softmax of every fed decoder position,
@@ -13,9 +13,9 @@
 //   step
 //            in PREFIX.steps.f32 ([N, rows, vocab]);
 //   greedy_device (cuda) the same through greedy_start()/greedy_step() (argmax on the GPU; ids only);
-//   bench    (cuda, --bench-runs R) end-to-end milliseconds of each run of prompt + N greedy tokens, and of
-//   each
-//            decode step of the last run. Times are host wall clock around calls that synchronize the GPU.
+//   bench    (cuda, --bench-runs R) milliseconds of each run of prompt + N greedy tokens (e2e_ms), of its
+//            prompt pass up to the first token (first_ms), and of each decode step of the last run (step_ms).
+//            Times are CUDA events on the session's stream around calls that synchronize it.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,6 +25,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include <cuda_runtime.h>
 
 #include "core/error.h"
 #include "runtime/cuda_session.h"
@@ -75,6 +77,7 @@ TokenRows read_rows(const std::string& path) {
 int run(int argc, char** argv) {
   std::string model_dir, device = "cuda", precision = "fp16", prompts_path, score_path, out;
   int new_tokens = 0, bench_runs = 0;
+  bool bench_only = false;
   int64_t max_batch = 8, max_length = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -102,6 +105,8 @@ int run(int argc, char** argv) {
       max_length = std::stoll(next());
     else if (a == "--out")
       out = next();
+    else if (a == "--bench-only")
+      bench_only = true;
     else
       fail("unknown option " + a);
   }
@@ -129,12 +134,13 @@ int run(int argc, char** argv) {
   if (gpu) {
     report["gpu"] = gpu->device_name();
     report["planned_bytes"] = gpu->planned_bytes();
+    report["precision_notes"] = gpu->precision_notes();
   }
   const int64_t V = session->vocab_size();
   const TokenRows prompts = read_rows(prompts_path);
 
   // Teacher-forced scoring of every position (prefill path).
-  {
+  if (!bench_only) {
     std::vector<float> logits;
     if (session->is_encoder_decoder()) {
       if (!score_path.empty()) logits = session->start(prompts, read_rows(score_path), true);
@@ -149,7 +155,7 @@ int run(int argc, char** argv) {
   }
 
   // Greedy through start()/step(): the decode path (CUDA graphs on the GPU) with logits on the host.
-  if (new_tokens > 0) {
+  if (new_tokens > 0 && !bench_only) {
     std::vector<float> all_steps;
     std::vector<std::vector<int64_t>> greedy(prompts.size());
     std::vector<float> logits = session->start(prompts);
@@ -170,29 +176,54 @@ int run(int argc, char** argv) {
 
   // Greedy with the argmax on the GPU, and the benchmark of that loop.
   if (gpu && new_tokens > 0) {
-    auto generate = [&](std::vector<double>* step_ms) {
+    // Milliseconds of GPU stream time across f(); each timer owns its events, so timings can nest.
+    struct Timer {
+      cudaEvent_t start = nullptr, stop = nullptr;
+      Timer() {
+        cudaEventCreate(&start);
+        cudaEventCreate(&stop);
+      }
+      ~Timer() {
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+      }
+    };
+    Timer outer, inner;
+    auto time_with = [&](Timer& t, auto&& f) {
+      cudaEventRecord(t.start, gpu->stream());
+      f();
+      cudaEventRecord(t.stop, gpu->stream());
+      cudaEventSynchronize(t.stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, t.start, t.stop);
+      return double(ms);
+    };
+    auto timed = [&](auto&& f) { return time_with(inner, f); };
+    std::vector<double> first, steps;
+    auto generate = [&](bool timing) {
       std::vector<std::vector<int64_t>> tokens(prompts.size());
-      std::vector<int64_t> ids = gpu->greedy_start(prompts);
+      std::vector<int64_t> ids;
+      const double f = timed([&] { ids = gpu->greedy_start(prompts); });
+      if (timing) first.push_back(f);
       for (int n = 0; n < new_tokens; ++n) {
         for (size_t b = 0; b < ids.size(); ++b) tokens[b].push_back(ids[b]);
         if (n + 1 == new_tokens) break;
-        const auto t0 = Clock::now();
-        ids = gpu->greedy_step(ids);
-        if (step_ms) step_ms->push_back(ms_since(t0));
+        const double s = timed([&] { ids = gpu->greedy_step(ids); });
+        if (timing) steps.push_back(s);
       }
       return tokens;
     };
-    report["greedy_device"] = generate(nullptr);
+    report["greedy_device"] = generate(false);
     if (bench_runs > 0) {
-      for (int w = 0; w < 2; ++w) generate(nullptr);
-      std::vector<double> e2e, steps;
+      for (int w = 0; w < 2; ++w) generate(false);
+      std::vector<double> e2e;
       for (int r = 0; r < bench_runs; ++r) {
-        steps.clear();
-        const auto t0 = Clock::now();
-        generate(&steps);
-        e2e.push_back(ms_since(t0));
+        if (r + 1 == bench_runs) steps.clear();  // keep the last run's steps
+        e2e.push_back(time_with(outer, [&] { generate(true); }));
       }
-      report["bench"] = {{"e2e_ms", e2e}, {"step_ms", steps}, {"graphs", gpu->captured_graphs()}};
+      report["bench"] = {{"e2e_ms", e2e},     {"first_ms", first},
+                         {"step_ms", steps},  {"graphs", gpu->captured_graphs()},
+                         {"timer", "cuda_events"}};
     }
   }
   std::ofstream(out + ".json") << report.dump() << "\n";

@@ -19,19 +19,22 @@ def small_gpt2(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
     return path
 
 
-def small_t5(path: pathlib.Path, seed: int = 0, gated: bool = False, ffn_scale: float = 1.0) -> pathlib.Path:
-    """ffn_scale > 1 multiplies every wo weight so the FFN outputs leave the fp16 range (real T5 does this)."""
+def small_t5(path: pathlib.Path, seed: int = 0, gated: bool = False, ffn_scale: float = 1.0,
+             hidden_scale: float = 1.0) -> pathlib.Path:
+    """ffn_scale > 1 multiplies every wo weight so the FFN outputs leave the fp16 range (real T5 does this);
+    hidden_scale > 1 multiplies wi (gated: wi_1) so the FFN's hidden activations, wo's input, leave it."""
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=384, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
                    relative_attention_num_buckets=32, relative_attention_max_distance=64,
                    feed_forward_proj="gated-gelu" if gated else "relu", decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
                    tie_word_embeddings=not gated)
     model = T5ForConditionalGeneration(cfg).eval()
-    if ffn_scale != 1.0:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("DenseReluDense.wo.weight"):
-                    p.mul_(ffn_scale)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("DenseReluDense.wo.weight"):
+                p.mul_(ffn_scale)
+            if name.endswith("DenseReluDense.wi_1.weight" if gated else "DenseReluDense.wi.weight"):
+                p.mul_(hidden_scale)
     model.save_pretrained(path)
     return path
 
@@ -43,6 +46,24 @@ def real_shape_gpt2(path: pathlib.Path, size: str, dtype=torch.float16) -> pathl
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = GPT2LMHeadModel(cfg).to(dtype).eval()
+    model.save_pretrained(path)
+    return path
+
+
+T5_SHAPES = {  # d_model, d_kv, d_ff, layers, heads (T5 v1.0 checkpoints, relu, vocab 32128)
+    "small": (512, 64, 2048, 6, 8), "base": (768, 64, 3072, 12, 12), "large": (1024, 64, 4096, 24, 16),
+    "3b": (1024, 128, 16384, 24, 32), "11b": (1024, 128, 65536, 24, 128)}
+
+
+def real_shape_t5(path: pathlib.Path, size: str, dtype=torch.float16) -> pathlib.Path:
+    """T5 of a real size with random weights (initialised on the GPU), saved in fp16."""
+    d_model, d_kv, d_ff, layers, heads = T5_SHAPES[size]
+    cfg = T5Config(vocab_size=32128, d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers,
+                   num_decoder_layers=layers, num_heads=heads, feed_forward_proj="relu", decoder_start_token_id=0,
+                   eos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = T5ForConditionalGeneration(cfg).to(dtype).eval()
     model.save_pretrained(path)
     return path
 

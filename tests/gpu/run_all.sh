@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # One device call: GPU parity suite, compute-sanitizer memcheck on a short generation of each model type, and the
-# GPU benchmark, using a build made beforehand (carry it): tests/gpu/run_all.sh BUILD_DIR OUT_DIR [bench sizes]
+# GPU benchmark, using a build made beforehand (carry it):
+#   tests/gpu/run_all.sh BUILD_DIR OUT_DIR [gpu_bench.py arguments, default: --models gpt2-small,gpt2-xl]
 # Everything lands under OUT_DIR as few files: parity.log, parity.jsonl, memcheck.log, bench.log, bench.json.
+# SKIP=parity,memcheck,cli,bench leaves stages out (e.g. a benchmark-only call).
 set -uo pipefail
 BUILD=$(realpath "${1:?build dir}")
 OUT=$(realpath "${2:?output dir}")
-SIZES=${3:-small,xl}
+shift 2
+BENCH_ARGS=("$@")
+[ ${#BENCH_ARGS[@]} -eq 0 ] && BENCH_ARGS=(--models gpt2-small,gpt2-xl)
+SKIP=",${SKIP:-},"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -18,11 +23,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 status=0
 
 echo "== parity" | tee "$OUT/summary.txt"
-(cd "$ROOT" && timeout 300 $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_parity.py) > "$OUT/parity.log" 2>&1 \
+[[ $SKIP == *,parity,* ]] || (cd "$ROOT" && timeout 300 $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_parity.py) > "$OUT/parity.log" 2>&1 \
   || status=1
 tail -n 3 "$OUT/parity.log" | tee -a "$OUT/summary.txt"
 
 echo "== memcheck" | tee -a "$OUT/summary.txt"
+if [[ $SKIP != *,memcheck,* ]]; then
 MC=$(mktemp -d)
 $PY - "$MC" <<'PYEOF'
 import pathlib, sys
@@ -40,11 +46,12 @@ for m in gpt2 t5; do
     rc=$?; echo "memcheck $m $p rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
   done
 done
+fi
 
 echo "== cli" | tee -a "$OUT/summary.txt"
 # The kestrel CLI on the built-in models: cuda fp32 must print exactly what cpu prints; fp16 is reported.
 K="$BUILD/src/cli/kestrel"
-if [ -x "$K" ]; then
+if [ -x "$K" ] && [[ $SKIP != *,cli,* ]]; then
   export KESTREL_CACHE=$(mktemp -d)
   for m in "kestrel-gpt2-kjv|In the beginning" "kestrel-t5-kjv|In the beginning God <extra_id_0> the heaven and the earth."; do
     name=${m%%|*}; prompt=${m#*|}
@@ -64,7 +71,7 @@ if [ -x "$K" ]; then
 fi
 
 echo "== bench" | tee -a "$OUT/summary.txt"
-(cd "$ROOT" && timeout 420 $PY bench/gpu_bench.py --build "$BUILD" --out "$OUT/bench.json" --sizes "$SIZES") \
-  > "$OUT/bench.log" 2>&1 || status=1
+[[ $SKIP == *,bench,* ]] || (cd "$ROOT" && timeout 540 $PY bench/gpu_bench.py --build "$BUILD" --out "$OUT/bench.json" \
+  "${BENCH_ARGS[@]}") > "$OUT/bench.log" 2>&1 || status=1
 tail -n 4 "$OUT/bench.log" | tee -a "$OUT/summary.txt"
 exit $status

@@ -44,14 +44,15 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = False
 
 
-def drive(tmp, model, precision, prompts, new_tokens=0, score=None, device="cuda", extra=()):
+def drive(tmp, model, precision, prompts, new_tokens=0, score=None, device="cuda", extra=(), env=None):
     tmp.mkdir(parents=True, exist_ok=True)
     p = gpu_models.write_rows(tmp / "prompts.json", prompts)
     args = [DRIVER, "--model", model, "--device", device, "--precision", precision, "--prompts", p,
             "--new-tokens", new_tokens, "--out", tmp / "out", *extra]
     if score is not None:
         args += ["--score", gpu_models.write_rows(tmp / "score.json", score)]
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp / "out.json").read_text())
     for name in ("score", "steps"):
@@ -93,6 +94,7 @@ def models(tmp_path_factory):
         "t5": gpu_models.small_t5(d / "t5"),
         "t5_gated": gpu_models.small_t5(d / "t5_gated", seed=1, gated=True),
         "t5_hot": gpu_models.small_t5(d / "t5_hot", seed=2, gated=True, ffn_scale=100000.0),
+        "t5_wide": gpu_models.small_t5(d / "t5_wide", seed=3, gated=True, hidden_scale=30000.0),
     }
 
 
@@ -179,6 +181,33 @@ def test_fp16_survives_activations_beyond_fp16_range(models, tmp_path):
     report(test="fp16_overflow", peak_ffn_output=max(peak), transformers_fp16_finite=hf_fp16_finite,
            kestrel_fp16_max_abs_err=err)
     assert np.isfinite(out["score"]).all()
+    assert err <= FP16_TOL
+
+
+def test_fp16_calibration_keeps_overflowing_tensors_out_of_fp16(models, tmp_path):
+    """'t5_wide' has FFN hidden activations (wo's input, a 16-bit tensor in Kestrel) far beyond 65504. With the
+    calibration pass off, plain fp16 turns them into inf/NaN; calibrated fp16 measures them, keeps that tensor and
+    the wo layers reading it in fp32, and stays finite and close to fp32."""
+    hf = hf_model(models["t5_wide"], True)
+    peak = []
+    hooks = [m.register_forward_hook(lambda m, i, o: peak.append(float(i[0].abs().max())))
+             for n_, m in hf.named_modules() if n_.endswith("DenseReluDense.wo")]
+    enc, dec = T5_INPUTS[2], T5_DECODER[2]
+    ref = hf_logprobs(hf, dec, enc)
+    for h in hooks:
+        h.remove()
+    assert max(peak) > 65504, f"test checkpoint too tame: peak FFN hidden activation {max(peak)}"
+    plain = drive(tmp_path / "plain", models["t5_wide"], "fp16", [enc], score=[dec],
+                  env={"KESTREL_NO_CALIBRATION": "1"})
+    out = drive(tmp_path / "calibrated", models["t5_wide"], "fp16", [enc], score=[dec])
+    scores = out["score"].reshape(-1, ref.shape[-1])
+    err = float(np.abs(scores - ref).max())
+    report(test="fp16_calibration", peak_ffn_hidden=max(peak), plain_fp16_finite=bool(np.isfinite(plain["score"]).all()),
+           calibrated_max_abs_err=err, notes=out.get("precision_notes"))
+    assert not np.isfinite(plain["score"]).all(), "plain fp16 was expected to overflow on this checkpoint"
+    assert np.isfinite(scores).all()
+    assert any("'f'" in n and "fp32" in n for n in out["precision_notes"]), out["precision_notes"]
+    assert (scores.argmax(-1) == ref.argmax(-1)).all()
     assert err <= FP16_TOL
 
 

@@ -3,12 +3,14 @@
 // error that leaves the session usable.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/error.h"
 #include "io/weights.h"
+#include "runtime/calibration.h"
 #include "runtime/engine.h"
 
 namespace kestrel {
@@ -17,8 +19,8 @@ namespace {
 class RandomWeights {
  public:
   explicit RandomWeights(unsigned seed) : rng_(seed) {}
-  void add(const std::string& name, Shape shape, float mean = 0.0f) {
-    std::normal_distribution<float> d(mean, 0.3f);
+  void add(const std::string& name, Shape shape, float mean = 0.0f, float stddev = 0.3f) {
+    std::normal_distribution<float> d(mean, stddev);
     std::vector<float> v(size_t(shape_numel(shape)));
     for (auto& x : v) x = d(rng_);
     std::vector<unsigned char> bytes(v.size() * sizeof(float));
@@ -34,7 +36,8 @@ class RandomWeights {
 
 constexpr int64_t kVocab = 53;
 
-std::unique_ptr<Model> gpt2_model(int64_t n_positions = 40) {
+// fc_scale multiplies the spread of every layer's first FFN weight (its outputs grow with it).
+std::unique_ptr<Model> gpt2_model(int64_t n_positions = 40, float fc_scale = 1.0f) {
   const int64_t D = 24, L = 2, F = 40;
   nlohmann::json cfg = {{"model_type", "gpt2"}, {"vocab_size", kVocab}, {"n_positions", n_positions},
                         {"n_embd", D},          {"n_layer", L},         {"n_head", 3},
@@ -52,7 +55,7 @@ std::unique_ptr<Model> gpt2_model(int64_t n_positions = 40) {
     r.add(p + "attn.c_proj.bias", {D});
     r.add(p + "ln_2.weight", {D}, 1.0f);
     r.add(p + "ln_2.bias", {D});
-    r.add(p + "mlp.c_fc.weight", {D, F});
+    r.add(p + "mlp.c_fc.weight", {D, F}, 0.0f, 0.3f * fc_scale);
     r.add(p + "mlp.c_fc.bias", {F});
     r.add(p + "mlp.c_proj.weight", {F, D});
     r.add(p + "mlp.c_proj.bias", {D});
@@ -223,6 +226,26 @@ TEST(T5Session, IncrementalEqualsFullForwardAndDefaultPrefix) {
   s->reorder({0, 0});
   const auto two = s->step({{4}, {4}});
   expect_same(row_of(two, 0), row_of(two, 1), "reordered copies");
+}
+
+TEST(Calibration, MeasuresEveryOpsRange) {
+  auto model = gpt2_model();
+  const auto ranges = measure_activation_ranges(*model, 1, 16);
+  size_t with_output = 0;
+  for (const Op& op : model->plan().decoder) {
+    if (op.output.empty()) continue;
+    ++with_output;
+    ASSERT_TRUE(ranges.count(&op)) << op.output;
+    EXPECT_TRUE(std::isfinite(ranges.at(&op)) && ranges.at(&op) > 0.0f) << op.output;
+  }
+  EXPECT_EQ(ranges.size(), with_output);
+  // A tame model stays far inside fp16; one whose FFN weights are 1e5x wider leaves it, in that op's output.
+  for (const auto& [op, r] : ranges) EXPECT_LT(r, kFp16Max / kFp16Headroom) << op->output;
+  auto hot = gpt2_model(40, 1e5f);
+  float ffn_peak = 0.0f;
+  for (const auto& [op, r] : measure_activation_ranges(*hot, 1, 16))
+    if (op->kind == OpKind::Linear && op->output == "f") ffn_peak = std::max(ffn_peak, r);
+  EXPECT_GT(ffn_peak, kFp16Max);
 }
 
 }  // namespace

@@ -1,12 +1,24 @@
-// Fused attention: one block of 4 warps per (query token, head, key split). The query sits in registers, each
-// warp walks every 4th key of the split with an online softmax (running max m, running sum l, running
-// weighted sum of values acc), and the warps merge through shared memory. Scores never reach device memory:
-//   s_j = scale · q·k_j + bias(j - i);   out = Σ_j exp(s_j - m) v_j / Σ_j exp(s_j - m)
-// Lane L of a warp owns dimensions L, L+32, ... of the head, so key and value rows are read coalesced.
-// With several splits (long decode contexts), each block writes (m, l, acc) and a second kernel merges them.
+// Fused attention: scores, softmax and the weighted sum of values stay in registers and shared memory.
+//
+// The main kernel (attention_rows_kernel) runs one block of 128 threads per (query token, head, key split),
+// in three passes over the split's keys:
+//   1. scores: thread i takes keys i, i+128, ...; a key row is read with 16-byte loads, all in flight at once;
+//      s_j = scale · q·k_j + bias(j - i) goes to shared memory;
+//   2. softmax: block max and sum, p_j = exp(s_j - m);
+//   3. values: the threads split as (key group, 16-byte column of the head): each walks its group's keys and
+//      accumulates p_j v_j for its columns; the groups are summed through shared memory.
+// out = Σ_j p_j v_j / Σ_j p_j. With several splits (decode: enough blocks to fill the GPU) each block writes
+// (m, l, acc) and the last one to finish merges them (AttentionArgs::split_counters). In decode with the KV
+// store fused in (AttentionArgs::fresh), the block whose split holds the new token's position writes its key
+// and value into the cache, and the keys and values already cached are loaded before pdl_wait(), overlapping
+// the QKV projection that precedes this kernel.
+//
+// Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key with
+// an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
 #include <algorithm>
 
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace kestrel::cuda {
 
@@ -106,9 +118,208 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   }
 }
 
+constexpr int kRowThreads = 128;
+constexpr int kPrefetchVecs = 8;   // key prefetch before pdl_wait() for heads of up to 8 16-byte vectors
+constexpr int kValuePrefetch = 4;  // value rows per thread loaded before pdl_wait()
+
+template <typename T>
+constexpr int kVecElems = 16 / int(sizeof(T));
+
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, other) : v + other;
+  }
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = red[0];
+  for (int w = 1; w < kRowThreads / 32; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionArgs a) {
+  extern __shared__ float scores[];  // [keys of this split]
+  __shared__ float qs[kMaxHeadDim];
+  __shared__ float red[kRowThreads / 32];
+  __shared__ float sum_parts[kRowThreads * 8];
+  constexpr int V = kVecElems<T>;
+  const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+  const int tid = threadIdx.x;
+  const int D = a.head_dim, DV = D / V;
+  const int row = a.tok_row[t];
+  const int qpos = a.tok_pos[t];
+  int count = a.key_count[row];
+  if (a.causal) count = min(count, qpos + 1);
+  const int chunk = (count + splits - 1) / splits;
+  const int k0 = split * chunk, k1 = min(count, k0 + chunk);
+  T* kb = static_cast<T*>(a.k) + int64_t(a.key_base[row]) * a.kv_stride + int64_t(h) * D;
+  T* vb = static_cast<T*>(a.v) + int64_t(a.key_base[row]) * a.kv_stride + int64_t(h) * D;
+  const T* fresh = a.fresh ? static_cast<const T*>(a.fresh) + int64_t(t) * a.fresh_stride + int64_t(h) * D
+                           : nullptr;
+  const int fresh_pos = fresh ? qpos : -1;
+  auto key_row = [&](int j) -> const uint4* {
+    return reinterpret_cast<const uint4*>(j == fresh_pos ? fresh + a.fresh_k_offset
+                                                         : kb + int64_t(j) * a.kv_stride);
+  };
+  auto value_row = [&](int j) -> const uint4* {
+    return reinterpret_cast<const uint4*>(j == fresh_pos ? fresh + a.fresh_v_offset
+                                                         : vb + int64_t(j) * a.kv_stride);
+  };
+
+  // Cached keys do not depend on the kernels before this one in the step: load the first one now.
+  uint4 kpre[kPrefetchVecs];
+  const int j_pre = k0 + tid;
+  const bool prefetched = fresh && DV <= kPrefetchVecs && j_pre < k1 && j_pre != fresh_pos;
+  if (prefetched) {
+    const uint4* kr = key_row(j_pre);
+#pragma unroll
+    for (int c = 0; c < kPrefetchVecs; ++c)
+      if (c < DV) kpre[c] = kr[c];
+  }
+  // Likewise the first kValuePrefetch cached value rows this thread will weigh (pass 3 below).
+  const int groups = kRowThreads / DV, g = tid / DV, c = tid % DV;
+  uint4 vpre[kValuePrefetch];
+#pragma unroll
+  for (int i = 0; i < kValuePrefetch; ++i) {
+    const int j = k0 + g + i * groups;
+    if (fresh && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
+  }
+  pdl_wait();
+  pdl_trigger();
+
+  if (fresh && fresh_pos >= k0 && fresh_pos < k1) {  // this split holds the new token: cache its key and value
+    const int64_t at = int64_t(fresh_pos) * a.kv_stride;
+    for (int d = tid; d < D; d += kRowThreads) {
+      kb[at + d] = fresh[a.fresh_k_offset + d];
+      vb[at + d] = fresh[a.fresh_v_offset + d];
+    }
+  }
+  const T* q = static_cast<const T*>(a.q) + int64_t(t) * a.q_stride + int64_t(h) * D;
+  for (int d = tid; d < D; d += kRowThreads) qs[d] = to_f32(q[d]) * a.scale;
+  __syncthreads();
+
+  // 1. scores
+  // q · (n 16-byte vectors of a key row from vector c0); indices stay compile-time so kv[] stays in registers.
+  auto dot_q = [&](const uint4 (&kv)[kPrefetchVecs], int c0, int n) {
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kPrefetchVecs; ++c) {
+      if (c >= n) break;
+      const T* kp = reinterpret_cast<const T*>(&kv[c]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) s += qs[(c0 + c) * V + i] * to_f32(kp[i]);
+    }
+    return s;
+  };
+  float m = -INFINITY;
+  for (int j = k0 + tid; j < k1; j += kRowThreads) {
+    float s = 0.0f;
+    const bool have = prefetched && j == j_pre;
+    const uint4* kr = key_row(j);
+    for (int c0 = 0; c0 < DV; c0 += kPrefetchVecs) {  // every 16-byte load of a chunk in flight at once
+      const int n = min(kPrefetchVecs, DV - c0);
+      if (!have) {
+#pragma unroll
+        for (int c = 0; c < kPrefetchVecs; ++c)
+          if (c < n) kpre[c] = kr[c0 + c];
+      }
+      s += dot_q(kpre, c0, n);
+    }
+    if (a.bias_table) s += a.bias_table[int64_t(a.bucket[j - qpos + a.bucket_center]) * a.heads + h];
+    scores[j - k0] = s;
+    m = fmaxf(m, s);
+  }
+  // 2. softmax
+  m = block_reduce(m, true, red);
+  float l = 0.0f;
+  if (m != -INFINITY)
+    for (int j = k0 + tid; j < k1; j += kRowThreads) {
+      const float p = expf(scores[j - k0] - m);
+      scores[j - k0] = p;
+      l += p;
+    }
+  l = block_reduce(l, false, red);  // its barriers also publish the probabilities
+  // 3. values
+  float acc[V] = {};
+  if (g < groups && m != -INFINITY) {
+#pragma unroll
+    for (int i = 0; i < kValuePrefetch; ++i) {  // the prefetched rows (or loads where none was possible)
+      const int j = k0 + g + i * groups;
+      if (j >= k1) break;
+      const uint4 vv = fresh && j != fresh_pos ? vpre[i] : value_row(j)[c];
+      const T* vp = reinterpret_cast<const T*>(&vv);
+      const float p = scores[j - k0];
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] += p * to_f32(vp[e]);
+    }
+#pragma unroll 4
+    for (int j = k0 + g + kValuePrefetch * groups; j < k1; j += groups) {
+      const uint4 vv = value_row(j)[c];
+      const T* vp = reinterpret_cast<const T*>(&vv);
+      const float p = scores[j - k0];
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] += p * to_f32(vp[i]);
+    }
+  }
+  if (g < groups)
+#pragma unroll
+    for (int i = 0; i < V; ++i) sum_parts[g * D + c * V + i] = acc[i];
+  __syncthreads();
+  float* part = splits > 1 ? a.partials + ((int64_t(t) * a.heads + h) * splits + split) * (D + 2) : nullptr;
+  if (part && tid == 0) {
+    part[0] = m;
+    part[1] = l;
+  }
+  T* out = static_cast<T*>(a.out) + int64_t(t) * a.out_stride + int64_t(h) * D;
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  for (int d = tid; d < D; d += kRowThreads) {
+    float v = 0.0f;
+    for (int gg = 0; gg < groups; ++gg) v += sum_parts[gg * D + d];
+    if (part)
+      part[2 + d] = v;
+    else
+      out[d] = from_f32<T>(v * inv);
+  }
+  if (!part || !a.split_counters) return;
+  // The last split block to finish merges all of them (no merge kernel): publish this block's partial sums,
+  // count in, and let the block that completes the count read everyone's.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  int* counter = a.split_counters + int64_t(t) * a.heads + h;
+  if (tid == 0) last = atomicAdd(counter, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* parts = a.partials + (int64_t(t) * a.heads + h) * splits * (D + 2);
+  float M = -INFINITY;
+  for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, __ldcg(parts + sp * (D + 2)));
+  float L = 0.0f;
+  for (int sp = 0; sp < splits; ++sp) {
+    const float ms = __ldcg(parts + sp * (D + 2));
+    if (ms != -INFINITY) L += __ldcg(parts + sp * (D + 2) + 1) * expf(ms - M);
+  }
+  const float inv_all = L > 0.0f ? 1.0f / L : 0.0f;
+  for (int d = tid; d < D; d += kRowThreads) {
+    float v = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) {
+      const float ms = __ldcg(parts + sp * (D + 2));
+      if (ms != -INFINITY) v += __ldcg(parts + sp * (D + 2) + 2 + d) * expf(ms - M);
+    }
+    out[d] = from_f32<T>(v * inv_all);
+  }
+  if (tid == 0) *counter = 0;  // ready for the next launch
+}
+
 // Merges the splits of one (token, head): out = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M).
 template <typename T>
 __global__ void attention_merge_kernel(AttentionArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.x, h = blockIdx.y, D = a.head_dim, splits = a.splits;
   const float* part = a.partials + (int64_t(t) * a.heads + h) * splits * (D + 2);
   float M = -INFINITY;
@@ -130,7 +341,25 @@ __global__ void attention_merge_kernel(AttentionArgs a) {
   }
 }
 
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+// attention_rows_kernel reads heads as 16-byte vectors.
+bool rows_kernel_fits(const AttentionArgs& a) {
+  const int64_t es = int64_t(dtype_size(a.dtype));
+  const auto v16 = [](int64_t elems, int64_t es) { return (elems * es) % 16 == 0; };
+  return v16(a.head_dim, es) && a.max_keys > 0 && aligned16(a.q) && aligned16(a.k) && aligned16(a.v) &&
+         v16(a.q_stride, es) && v16(a.kv_stride, es) &&
+         (!a.fresh || (aligned16(a.fresh) && v16(a.fresh_stride, es) && v16(a.fresh_k_offset, es) &&
+                       v16(a.fresh_v_offset, es)));
+}
+
 }  // namespace
+
+bool attention_can_fuse_store(const AttentionArgs& a) {
+  return a.fresh && rows_kernel_fits(a);
+}
 
 void attention(const AttentionArgs& a, Stream stream) {
   if (a.T == 0) return;
@@ -141,16 +370,32 @@ void attention(const AttentionArgs& a, Stream stream) {
   const dim3 grid(unsigned(a.T), unsigned(a.heads), unsigned(a.splits));
   dispatch_dtype(a.dtype, [&](auto z) {
     using T = decltype(z);
-    const int dpl = (a.head_dim + 31) / 32;
-    if (dpl <= 1)
-      attention_kernel<T, 1><<<grid, kWarps * 32, 0, stream>>>(a);
-    else if (dpl <= 2)
-      attention_kernel<T, 2><<<grid, kWarps * 32, 0, stream>>>(a);
-    else if (dpl <= 4)
-      attention_kernel<T, 4><<<grid, kWarps * 32, 0, stream>>>(a);
-    else
-      attention_kernel<T, 8><<<grid, kWarps * 32, 0, stream>>>(a);
-    if (a.splits > 1) attention_merge_kernel<T><<<dim3(unsigned(a.T), unsigned(a.heads)), 64, 0, stream>>>(a);
+    const bool rows_kernel = rows_kernel_fits(a);
+    if (a.fresh && !rows_kernel) internal_error("attention: fused KV store needs 16-byte aligned heads");
+    if (rows_kernel) {
+      const size_t smem = size_t((a.max_keys + a.splits - 1) / a.splits) * sizeof(float);
+      static const bool configured = [] {
+        cudaFuncSetAttribute(attention_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 << 10);
+        return true;
+      }();
+      (void)configured;
+      if (smem > (size_t(160) << 10))
+        fail("attention: " + std::to_string(a.max_keys) + " keys per row exceed the CUDA backend's limit; "
+             "lower --max-length");
+      launch_pdl(attention_rows_kernel<T>, grid, dim3(kRowThreads), smem, stream, a);
+    } else {
+      const int dpl = (a.head_dim + 31) / 32;
+      if (dpl <= 1)
+        attention_kernel<T, 1><<<grid, kWarps * 32, 0, stream>>>(a);
+      else if (dpl <= 2)
+        attention_kernel<T, 2><<<grid, kWarps * 32, 0, stream>>>(a);
+      else if (dpl <= 4)
+        attention_kernel<T, 4><<<grid, kWarps * 32, 0, stream>>>(a);
+      else
+        attention_kernel<T, 8><<<grid, kWarps * 32, 0, stream>>>(a);
+    }
+    if (a.splits > 1 && !(rows_kernel && a.split_counters))
+      launch_pdl(attention_merge_kernel<T>, dim3(unsigned(a.T), unsigned(a.heads)), dim3(64), 0, stream, a);
   });
   check_launch("attention");
 }

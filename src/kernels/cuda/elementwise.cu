@@ -1,8 +1,10 @@
 // Small memory-bound kernels: dtype conversion, embeddings, row gathers, KV-cache stores, greedy argmax, and
 // the CUDA error checks every other file uses.
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace kestrel::cuda {
 
@@ -17,6 +19,21 @@ void check(int cuda_error, const char* what) {
 
 void check_launch(const char* kernel) {
   check(int(cudaGetLastError()), kernel);
+}
+
+bool pdl_supported() {
+  // KESTREL_NO_PDL=1 turns it off (to measure what it buys, or to rule it out).
+  static const bool disabled = [] {
+    const char* v = std::getenv("KESTREL_NO_PDL");
+    return v && *v && std::string(v) != "0";
+  }();
+  static int major[16] = {};
+  int device = 0;
+  if (disabled || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 16) return false;
+  if (major[device] == 0 &&
+      cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+    return false;
+  return major[device] >= 9;
 }
 
 size_t element_size(DType t) {
@@ -37,6 +54,8 @@ __global__ void convert_kernel(const S* src, D* dst, int64_t n) {
 template <typename T>
 __global__ void embedding_kernel(const int32_t* ids, const int32_t* positions, const T* table,
                                  const T* pos_table, int64_t D, float* y) {
+  pdl_wait();  // y may still be read by the previous step's last kernel
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   const T* row = table + int64_t(ids[t]) * D;
   const T* pos = pos_table ? pos_table + int64_t(positions[t]) * D : nullptr;
@@ -67,44 +86,57 @@ __global__ void store_kv_kernel(const T* src, int64_t src_stride, int64_t k_offs
   }
 }
 
-// One block per row: each thread scans a strided slice, then a (value, index) reduction keeps the larger
-// value and, on ties, the smaller index.
-__global__ void argmax_kernel(const float* logits, int64_t V, int32_t* ids) {
-  const float* row = logits + int64_t(blockIdx.x) * V;
-  float best = -INFINITY;
-  int64_t best_i = V;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const float v = row[i];
-    if (v > best || (v == best && i < best_i) || (best_i == V && v != v)) {
-      best = v;
-      best_i = i;
-    }
-  }
-  __shared__ float sv[32];
-  __shared__ int64_t si[32];
+// Greedy argmax in two passes: kArgmaxSlices blocks per row each reduce a slice to one 64-bit key, then one
+// warp per row reduces the keys. A key orders (value, index) as torch.argmax does: the larger value wins, NaN
+// above everything, and on ties the smaller index: the value's bits made order-preserving as an unsigned
+// integer in the high half, the complement of the index in the low half.
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
+  unsigned u = __float_as_uint(v);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(u) << 32) | (0xffffffffu - static_cast<unsigned>(i));
+}
+
+__device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long k) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    if (ov > best || (ov == best && oi < best_i)) {
-      best = ov;
-      best_i = oi;
-    }
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, k, o);
+    k = other > k ? other : k;
   }
+  return k;
+}
+
+__global__ void argmax_slices_kernel(const float* logits, int64_t V, unsigned long long* keys) {
+  pdl_wait();
+  pdl_trigger();
+  const float* row = logits + int64_t(blockIdx.x) * V;
+  const int64_t per = (V + gridDim.y - 1) / gridDim.y;
+  const int64_t begin = int64_t(blockIdx.y) * per, end = min(V, begin + per);
+  unsigned long long best = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const unsigned long long k = argmax_key(row[i], i);
+    best = k > best ? k : best;
+  }
+  best = warp_max_u64(best);
+  __shared__ unsigned long long s[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    sv[warp] = best;
-    si[warp] = best_i;
-  }
+  if (lane == 0) s[warp] = best;
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x >> 5); ++w)
-      if (sv[w] > best || (sv[w] == best && si[w] < best_i)) {
-        best = sv[w];
-        best_i = si[w];
-      }
-    ids[blockIdx.x] = int32_t(best_i < V ? best_i : 0);
+    for (int w = 1; w < int(blockDim.x >> 5); ++w) best = s[w] > best ? s[w] : best;
+    keys[int64_t(blockIdx.x) * gridDim.y + blockIdx.y] = best;
   }
+}
+
+__global__ void argmax_finish_kernel(const unsigned long long* keys, int slices, int32_t* ids) {
+  pdl_wait();
+  pdl_trigger();
+  unsigned long long best = 0;
+  for (int i = threadIdx.x; i < slices; i += 32) {
+    const unsigned long long k = keys[int64_t(blockIdx.x) * slices + i];
+    best = k > best ? k : best;
+  }
+  best = warp_max_u64(best);
+  if (threadIdx.x == 0) ids[blockIdx.x] = int32_t(0xffffffffu - unsigned(best & 0xffffffffu));
 }
 
 }  // namespace
@@ -127,8 +159,8 @@ void embedding(const int32_t* ids, const int32_t* positions, int64_t T, const vo
   if (T == 0) return;
   dispatch_dtype(table_t, [&](auto z) {
     using E = decltype(z);
-    embedding_kernel<E><<<unsigned(T), 256, 0, stream>>>(ids, positions, static_cast<const E*>(table),
-                                                         static_cast<const E*>(pos_table), D, y);
+    launch_pdl(embedding_kernel<E>, dim3(unsigned(T)), dim3(256), 0, stream, ids, positions,
+               static_cast<const E*>(table), static_cast<const E*>(pos_table), D, y);
   });
   check_launch("embedding");
 }
@@ -157,9 +189,14 @@ void store_kv(const void* src, int64_t src_stride, int64_t k_offset, int64_t v_o
   check_launch("store_kv");
 }
 
-void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, Stream stream) {
+void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, unsigned long long* scratch,
+                 Stream stream) {
   if (R == 0) return;
-  argmax_kernel<<<unsigned(R), 1024, 0, stream>>>(logits, V, ids);
+  if (V < 1 || V > int64_t(0x7fffffff)) internal_error("argmax_rows: bad vocabulary size");
+  const unsigned slices = unsigned(std::min<int64_t>(kArgmaxSlices, (V + 1023) / 1024));
+  launch_pdl(argmax_slices_kernel, dim3(unsigned(R), slices), dim3(256), 0, stream, logits, V, scratch);
+  launch_pdl(argmax_finish_kernel, dim3(unsigned(R)), dim3(32), 0, stream,
+             static_cast<const unsigned long long*>(scratch), int(slices), ids);
   check_launch("argmax_rows");
 }
 

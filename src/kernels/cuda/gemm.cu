@@ -1,12 +1,7 @@
 // Linear layers. Two paths, chosen by the number of rows:
-//  - up to kGemvMaxRows rows (decode): a hand-written GEMV. One warp per output feature streams that weight
-//  row
-//    once with 16-byte loads, four in flight per lane, and dots it with every input row (the inputs are tiny
-//    and stay in L1/L2). fp32 accumulation; bias, activation, gating and the residual add happen in
-//    registers.
+//  - up to kGemvMaxRows rows (decode): the hand-written GEMV of gemv.cu.
 //  - more rows (prompts, encoder): cuBLASLt, y = W·x in its column-major terms (TN), with the bias, bias+GELU
-//  or
-//    bias+ReLU epilogue fused and the residual add folded in as beta = 1. Activations cuBLASLt lacks run as a
+//    or bias+ReLU epilogue fused and the residual add folded in as beta = 1. Activations cuBLASLt lacks run as a
 //    separate element-wise pass. fp32 uses CUBLAS_COMPUTE_32F, never TF32, so it matches fp32 references.
 #include <cublasLt.h>
 
@@ -42,118 +37,6 @@ cudaDataType_t blas_type(DType t) {
 }
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-constexpr int kGemvWarps = 8;  // warps (output features) per block
-
-// --- GEMV
-// ------------------------------------------------------------------------------------------------------
-
-template <typename T>
-struct Vec16 {  // 16 bytes of T
-  static constexpr int n = 16 / int(sizeof(T));
-};
-
-template <typename T>
-__device__ __forceinline__ void dot16(const uint4& w, const uint4& x, float& acc) {
-  const T* wp = reinterpret_cast<const T*>(&w);
-  const T* xp = reinterpret_cast<const T*>(&x);
-#pragma unroll
-  for (int i = 0; i < Vec16<T>::n; ++i) acc += to_f32(wp[i]) * to_f32(xp[i]);
-}
-
-// Accumulates acc[m] += W[n, :] · x[m, :] for m < M over one warp. `vector_ok` means rows are 16-byte aligned
-// (K * sizeof(T) % 16 == 0, base pointers aligned).
-template <typename T>
-__device__ __forceinline__ void warp_dot_rows(const T* __restrict__ w_row, const T* __restrict__ x, int M,
-                                              int64_t K, bool vector_ok, float (&acc)[kGemvMaxRows]) {
-  const int lane = threadIdx.x & 31;
-  constexpr int V = Vec16<T>::n;
-  constexpr int U = 4;  // 16-byte loads in flight per lane
-  int64_t k_done = 0;
-  if (vector_ok) {
-    const int64_t nvec = K / V;
-    const uint4* wv = reinterpret_cast<const uint4*>(w_row);
-    int64_t i = lane;
-    for (; i + 32 * (U - 1) < nvec; i += 32 * U) {
-      uint4 w[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) w[u] = __ldg(wv + i + 32 * u);
-#pragma unroll
-      for (int m = 0; m < kGemvMaxRows; ++m) {
-        if (m < M) {
-          const uint4* xv = reinterpret_cast<const uint4*>(x + int64_t(m) * K);
-#pragma unroll
-          for (int u = 0; u < U; ++u) dot16<T>(w[u], __ldg(xv + i + 32 * u), acc[m]);
-        }
-      }
-    }
-    for (; i < nvec; i += 32) {
-      const uint4 w = __ldg(wv + i);
-#pragma unroll
-      for (int m = 0; m < kGemvMaxRows; ++m)
-        if (m < M) dot16<T>(w, __ldg(reinterpret_cast<const uint4*>(x + int64_t(m) * K) + i), acc[m]);
-    }
-    k_done = nvec * V;
-  }
-  for (int64_t k = k_done + lane; k < K; k += 32) {
-    const float w = to_f32(w_row[k]);
-#pragma unroll
-    for (int m = 0; m < kGemvMaxRows; ++m)
-      if (m < M) acc[m] += w * to_f32(x[int64_t(m) * K + k]);
-  }
-#pragma unroll
-  for (int m = 0; m < kGemvMaxRows; ++m) acc[m] = warp_sum(acc[m]);
-}
-
-// y[m, n] (+)= act(x[m]·W[n] + bias[n]); gated: y[m, n] (+)= act(x[m]·W[n]) * (x[m]·W[n + F]) with N = F.
-template <typename T, typename TY>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(const T* __restrict__ x, int M, int64_t K, const T* __restrict__ W, int64_t N,
-                const TY* __restrict__ bias, Act act, bool residual, bool gated, bool vector_ok, TY* y) {
-  const int64_t n = int64_t(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const int lane = threadIdx.x & 31;
-  float acc[kGemvMaxRows] = {};
-  warp_dot_rows<T>(W + n * K, x, M, K, vector_ok, acc);
-  float acc1[kGemvMaxRows] = {};
-  if (gated) warp_dot_rows<T>(W + (n + N) * K, x, M, K, vector_ok, acc1);
-    // Lane m writes row m's output.
-#pragma unroll
-  for (int m = 0; m < kGemvMaxRows; ++m) {
-    if (m < M && lane == m) {
-      float v = acc[m];
-      if (gated)
-        v = activate(act, v) * acc1[m];
-      else {
-        if (bias) v += to_f32(bias[n]);
-        v = activate(act, v);
-      }
-      TY* out = y + int64_t(m) * N + n;
-      if (residual) v += to_f32(*out);
-      *out = from_f32<TY>(v);
-    }
-  }
-}
-
-bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
-void gemv(const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias, Act act,
-          bool residual, bool gated, void* y, DType yt, Stream stream) {
-  const bool vector_ok = (K * int64_t(dtype_size(wt))) % 16 == 0 && aligned16(x) && aligned16(W);
-  const unsigned blocks = blocks_for(N, kGemvWarps);
-  dispatch_dtype(wt, [&](auto a) {
-    dispatch_dtype(yt, [&](auto b) {
-      using T = decltype(a);
-      using TY = decltype(b);
-      gemv_kernel<T, TY><<<blocks, kGemvWarps * 32, 0, stream>>>(
-          static_cast<const T*>(x), int(M), K, static_cast<const T*>(W), N, static_cast<const TY*>(bias), act,
-          residual, gated, vector_ok, static_cast<TY*>(y));
-    });
-  });
-  check_launch("gemv");
-}
-
 // --- element-wise epilogues cuBLASLt lacks
 // ---------------------------------------------------------------------
 
@@ -269,7 +152,7 @@ void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W
             const void* bias, Act act, bool residual, void* y, DType yt, Stream stream) {
   if (M == 0) return;
   if (M <= kGemvMaxRows) {
-    gemv(x, M, K, W, wt, N, bias, act, residual, false, y, yt, stream);
+    gemv(LinearInput{x, wt}, M, K, W, wt, N, bias, act, false, residual, y, yt, stream);
     return;
   }
   // cuBLASLt fuses bias, bias+GELU (tanh form, as gelu_new) and bias+ReLU. GELU is fused only in 16-bit
@@ -300,7 +183,7 @@ void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const v
                   Act act, bool residual, void* y, DType yt, float* scratch, Stream stream) {
   if (M == 0) return;
   if (M <= kGemvMaxRows) {
-    gemv(x, M, K, W01, wt, F, nullptr, act, residual, true, y, yt, stream);
+    gemv(LinearInput{x, wt}, M, K, W01, wt, F, nullptr, act, true, residual, y, yt, stream);
     return;
   }
   // fp32 h keeps the two halves' product from overflowing fp16 before the gate.

@@ -51,6 +51,7 @@ constexpr int64_t kGemvMaxRows = 8;
 
 // y[M,N] (dtype yt) = act(x[M,K] · W[N,K]ᵀ + bias[N]); x and W share dtype wt; bias (may be null) has dtype
 // yt. With `residual`, y += that instead (y is usually the fp32 residual stream).
+// Within a CUDA graph, decode-sized calls run under programmatic dependent launch (launch.cuh).
 void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
             const void* bias, Act act, bool residual, void* y, DType yt, Stream stream);
 
@@ -58,6 +59,27 @@ void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W
 // [M, 2F] buffer used above the GEMV row limit.
 void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W01, DType wt, int64_t F,
                   Act act, bool residual, void* y, DType yt, float* scratch, Stream stream);
+
+// The input rows of a decode-sized linear layer (gemv below): x has dtype xt (fp32 or the weight dtype); row m
+// of the input is x[rows[m]] when `rows` is given, and is normalised on the way in when `gamma` is given
+// (exactly norm() below with those parameters, rounded to the weight dtype).
+struct LinearInput {
+  const void* x = nullptr;
+  DType xt = DType::F32;
+  const int32_t* rows = nullptr;
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  bool rms = false;
+  float eps = 0.0f, out_scale = 1.0f;
+};
+
+// True when gemv() can gather, normalise or convert an input of M rows of K elements (it stages them in
+// shared memory); otherwise the input must already be plain rows in the weight dtype.
+bool gemv_stages_input(int64_t M, int64_t K, DType wt);
+
+// linear() / gated_linear() for M <= kGemvMaxRows rows, with the input described by `in` (see LinearInput).
+void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
+          Act act, bool gated, bool residual, void* y, DType yt, Stream stream);
 
 // y[M,D] (dtype yt) = norm(x[M,D] (dtype xt)) * gamma (+ beta) * out_scale. gamma/beta are fp32; beta may be
 // null. rms: x / sqrt(mean(x²) + eps) (T5); otherwise (x - mean) / sqrt(var + eps) (LayerNorm). x may equal
@@ -88,9 +110,16 @@ void store_kv(const void* src, int64_t src_stride, int64_t k_offset, int64_t v_o
 struct AttentionArgs {
   const void* q = nullptr;
   int64_t q_stride = 0;
-  const void* k = nullptr;
-  const void* v = nullptr;
+  void* k = nullptr;  // written only with `fresh` (below)
+  void* v = nullptr;
   int64_t kv_stride = 0;
+  // Upper bound of any row's key count (the session's --max-length): sizes the score buffer.
+  int64_t max_keys = 0;
+  // Decode with the KV-cache store fused in (every row feeds exactly one token): the key and value at position
+  // tok_pos[t] are read from fresh + t * fresh_stride + fresh_k_offset / fresh_v_offset (the QKV output) and
+  // written into k / v there, instead of a separate store_kv pass. Keys before it come from the cache.
+  const void* fresh = nullptr;
+  int64_t fresh_stride = 0, fresh_k_offset = 0, fresh_v_offset = 0;
   const int32_t* key_base = nullptr;
   const int32_t* key_count = nullptr;
   const int32_t* tok_row = nullptr;
@@ -111,11 +140,19 @@ struct AttentionArgs {
   // `partials` must hold T * heads * splits * (head_dim + 2) floats.
   int splits = 1;
   float* partials = nullptr;
+  // T * heads zero-initialised counters: with them the last split block of each (token, head) merges the
+  // partials itself and resets its counter; without, a second kernel merges.
+  int* split_counters = nullptr;
 };
 constexpr int kMaxHeadDim = 256;
 void attention(const AttentionArgs& a, Stream stream);
+// Whether attention() can take `a` with its `fresh` fields set (head rows 16-byte aligned).
+bool attention_can_fuse_store(const AttentionArgs& a);
 
 // ids[r] = argmax over logits[r, :V] (fp32), the first index on ties (as torch.argmax).
-void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, Stream stream);
+// `scratch` holds R * kArgmaxSlices 64-bit keys.
+constexpr int64_t kArgmaxSlices = 64;
+void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, unsigned long long* scratch,
+                 Stream stream);
 
 }  // namespace kestrel::cuda

@@ -1,0 +1,388 @@
+// Decode-sized linear layers (at most kGemvMaxRows input rows): a hand-written GEMV, because cuBLASLt's
+// kernels for M <= 8 do not stream the weight matrix at the memory's speed.
+//
+// Each warp computes whole output features, two at a time; its lanes walk both weight rows with 16-byte loads
+// (kChunk per row in flight per lane, streamed past L1) and dot them with every input row. The grid is one
+// wave of at most kBlocksPerSm blocks per SM and every warp owns the same number of features (n, n + warps,
+// ...), so no block pays the prologue twice and no wave is left half empty. The first chunk of a warp's first
+// pair is loaded before pdl_wait(): weights never change, so under programmatic dependent launch those loads
+// overlap the end of the previous kernel; the next pair's first chunk is loaded before the current pair's
+// reduction and epilogue.
+//
+// The input rows are staged in shared memory in the weight dtype, and on the way in they may be gathered
+// (row m = x[rows[m]]: the decode step's take_outputs) and normalised (LayerNorm / RMSNorm, the definition of
+// norm() in norm.cu: two-pass fp32 statistics, then gamma, beta, out_scale and rounding to the weight dtype).
+// So a norm followed by the linear it feeds is one kernel, and neither the gathered nor the normalised rows
+// are written to device memory. Inputs too large to stage are read from global memory (through L1) instead.
+//
+// The epilogue adds the bias, applies the activation (or the gate of a gated FFN: act(x·W[n]) * (x·W[n+F])),
+// and writes or adds (residual) the result in the output dtype. Accumulation is fp32 throughout.
+#include <algorithm>
+#include <cstdlib>
+
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
+
+namespace kestrel::cuda {
+
+namespace {
+
+constexpr int kWarps = 8;             // output features per block
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunk = 4;  // 16-byte loads per lane and weight row in one chunk (two rows, two chunks in flight)
+constexpr size_t kMaxStageBytes = size_t(96) << 10;
+constexpr int kBlocksPerSm = 2;
+
+struct GemvParams {
+  const void* x;
+  const int32_t* rows;
+  const float* gamma;
+  const float* beta;
+  bool rms;
+  float eps, out_scale;
+  int M;
+  int64_t K;
+  const void* W;
+  int64_t N;  // output features (F when gated: W has 2F rows)
+  const void* bias;
+  Act act;
+  bool residual, vector_ok;
+  void* y;
+};
+
+template <typename T>
+constexpr int kVec = 16 / int(sizeof(T));
+
+template <typename T>
+__device__ __forceinline__ float dot16(const uint4& w, const uint4& x) {
+  const T* wp = reinterpret_cast<const T*>(&w);
+  const T* xp = reinterpret_cast<const T*>(&x);
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kVec<T>; ++i) s += to_f32(wp[i]) * to_f32(xp[i]);
+  return s;
+}
+
+// Writes the (gathered, normalised) input rows into xs[M][K] in the weight dtype T.
+constexpr int kNormRegs = 8;  // a single row of up to kNormRegs * kThreads elements is normalised in registers
+
+template <typename T, typename TX, int kRows>
+__device__ void stage_input(const GemvParams& p, T* xs) {
+  const int M = p.M;
+  const int64_t K = p.K;
+  const TX* x = static_cast<const TX*>(p.x);
+  auto row = [&](int m) { return x + int64_t(p.rows ? p.rows[m] : m) * K; };
+  if (!p.gamma) {
+    for (int m = 0; m < M; ++m) {
+      const TX* r = row(m);
+      for (int64_t k = threadIdx.x; k < K; k += kThreads) xs[m * K + k] = from_f32<T>(to_f32(r[k]));
+    }
+    __syncthreads();
+    return;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (kRows == 1 && K <= kNormRegs * kThreads) {
+    // One row, read once with every load in flight; the block reduces the statistics from registers.
+    __shared__ float red[kWarps];
+    auto block_sum = [&](float v) {
+      v = warp_sum(v);
+      if (lane == 0) red[warp] = v;
+      __syncthreads();
+      float total = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) total += red[w];
+      __syncthreads();
+      return total;
+    };
+    const TX* r = row(0);
+    float v[kNormRegs];
+#pragma unroll
+    for (int i = 0; i < kNormRegs; ++i) {
+      const int64_t k = threadIdx.x + int64_t(i) * kThreads;
+      v[i] = k < K ? to_f32(r[k]) : 0.0f;
+    }
+    float mean = 0.0f;
+    if (!p.rms) {
+#pragma unroll
+      for (int i = 0; i < kNormRegs; ++i) mean += v[i];
+      mean = block_sum(mean) / float(K);
+    }
+    float var = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kNormRegs; ++i) {
+      const int64_t k = threadIdx.x + int64_t(i) * kThreads;
+      const float c = v[i] - mean;
+      if (k < K) var += c * c;
+    }
+    const float s = rsqrtf(block_sum(var) / float(K) + p.eps);
+#pragma unroll
+    for (int i = 0; i < kNormRegs; ++i) {
+      const int64_t k = threadIdx.x + int64_t(i) * kThreads;
+      if (k < K) {
+        float o = (v[i] - mean) * s * p.gamma[k];
+        if (p.beta) o += p.beta[k];
+        xs[k] = from_f32<T>(o * p.out_scale);
+      }
+    }
+    __syncthreads();
+    return;
+  }
+  // Several rows: warp m computes row m's statistics alone (two passes, the second from L1; shuffles, no
+  // block barrier), then every thread writes its share of the normalised rows.
+  __shared__ float stats[2 * kGemvMaxRows];
+  if (warp < M) {
+    const TX* r = row(warp);
+    float mean = 0.0f;
+    if (!p.rms) {
+      for (int64_t k = lane; k < K; k += 32) mean += to_f32(r[k]);
+      mean = warp_sum(mean) / float(K);
+    }
+    float var = 0.0f;
+    for (int64_t k = lane; k < K; k += 32) {
+      const float c = to_f32(r[k]) - mean;
+      var += c * c;
+    }
+    var = warp_sum(var);
+    if (lane == 0) {
+      stats[2 * warp] = mean;
+      stats[2 * warp + 1] = rsqrtf(var / float(K) + p.eps);
+    }
+  }
+  __syncthreads();
+  for (int m = 0; m < M; ++m) {
+    const TX* r = row(m);
+    const float mean = stats[2 * m], s = stats[2 * m + 1];
+    for (int64_t k = threadIdx.x; k < K; k += kThreads) {
+      float v = (to_f32(r[k]) - mean) * s * p.gamma[k];
+      if (p.beta) v += p.beta[k];
+      xs[m * K + k] = from_f32<T>(v * p.out_scale);
+    }
+  }
+  __syncthreads();
+}
+
+// Weights are read once per step: stream them past L1 (which keeps the input rows).
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// A warp streams two weight rows at once: r0 and r1 (r1 may be null), in chunks of C 16-byte loads per lane
+// and row; load_pair issues one chunk.
+template <int C>
+__device__ __forceinline__ void load_pair(const uint4* r0, const uint4* r1, int64_t nvec, int64_t base,
+                                          uint4 (&w0)[C], uint4 (&w1)[C]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int64_t i = base + lane + 32 * c;
+    if (i < nvec) {
+      w0[c] = ld_stream(r0 + i);
+      if (r1) w1[c] = ld_stream(r1 + i);
+    }
+  }
+}
+
+// Warp w owns features w, w + S, w + 2S, ... (S = warps in the grid) and computes them two at a time:
+// (n, n + S) with their own outputs, or, gated, the two halves of feature n. Its work is a sequence of chunks
+// (pair, K range); two register buffers alternate, so the next chunk's loads are in flight while the current
+// one is multiplied, across pair boundaries too.
+template <typename T, typename TX, typename TY, bool kStaged, bool kGated, int kRows>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvParams p) {
+  extern __shared__ uint4 staged[];
+  constexpr int C = kChunk;
+  const int lane = threadIdx.x & 31;
+  const int64_t stride = int64_t(gridDim.x) * kWarps;
+  const int64_t step = kGated ? stride : 2 * stride;
+  const int64_t n0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int M = kRows == 1 ? 1 : p.M;
+  const int64_t K = p.K, N = p.N;
+  const int64_t nvec = p.vector_ok ? K / kVec<T> : 0;
+  const T* W = static_cast<const T*>(p.W);
+  auto first = [&](int64_t f) { return reinterpret_cast<const uint4*>(W + f * K); };
+  auto second = [&](int64_t f) -> const uint4* {
+    if (kGated) return reinterpret_cast<const uint4*>(W + (f + N) * K);
+    return f + stride < N ? reinterpret_cast<const uint4*>(W + (f + stride) * K) : nullptr;
+  };
+  const int chunks = int((nvec + 32 * C - 1) / (32 * C));  // per weight row
+  const int pairs = n0 < N ? int((N - 1 - n0) / step + 1) : 0;
+  const int total = pairs * chunks;
+  auto issue = [&](int q, uint4 (&w0)[C], uint4 (&w1)[C]) {
+    if (q >= total) return;
+    const int64_t f = n0 + int64_t(q / chunks) * step;
+    load_pair<C>(first(f), second(f), nvec, int64_t(q % chunks) * 32 * C, w0, w1);
+  };
+  uint4 a0[C], a1[C], b0[C], b1[C];
+  issue(0, a0, a1);
+  pdl_wait();
+  pdl_trigger();
+
+  const T* x;
+  if constexpr (kStaged) {
+    stage_input<T, TX, kRows>(p, reinterpret_cast<T*>(staged));
+    x = reinterpret_cast<const T*>(staged);
+  } else {
+    x = static_cast<const T*>(p.x);
+  }
+  TY* y = static_cast<TY*>(p.y);
+  const TY* bias = static_cast<const TY*>(p.bias);
+
+  float acc0[kRows] = {}, acc1[kRows] = {};
+  // Lane m writes row m's outputs of feature f (and of its partner).
+  auto finish = [&](int64_t f, bool has_second) {
+#pragma unroll
+    for (int m = 0; m < kRows; ++m) {
+      if (m >= M) continue;
+      acc0[m] = warp_sum(acc0[m]);
+      if (has_second) acc1[m] = warp_sum(acc1[m]);
+    }
+    auto store = [&](int m, int64_t g, float v) {
+      TY* out = y + int64_t(m) * N + g;
+      if (p.residual) v += to_f32(*out);
+      *out = from_f32<TY>(v);
+    };
+#pragma unroll
+    for (int m = 0; m < kRows; ++m) {
+      if (m < M && lane == m) {
+        if (kGated) {
+          store(m, f, activate(p.act, acc0[m]) * acc1[m]);
+        } else {
+          store(m, f, activate(p.act, acc0[m] + (bias ? to_f32(bias[f]) : 0.0f)));
+          if (has_second) store(m, f + stride, activate(p.act, acc1[m] + (bias ? to_f32(bias[f + stride]) : 0.0f)));
+        }
+      }
+      acc0[m] = acc1[m] = 0.0f;
+    }
+  };
+  auto consume = [&](int q, const uint4 (&w0)[C], const uint4 (&w1)[C]) {
+    const int64_t f = n0 + int64_t(q / chunks) * step;
+    const int c = q % chunks;
+    const bool has_second = second(f) != nullptr;
+#pragma unroll
+    for (int cc = 0; cc < C; ++cc) {
+      const int64_t i = int64_t(c) * 32 * C + lane + 32 * cc;
+      if (i < nvec) {
+#pragma unroll
+        for (int m = 0; m < kRows; ++m) {
+          if (m >= M) break;
+          const uint4 xv = reinterpret_cast<const uint4*>(x + int64_t(m) * K)[i];
+          acc0[m] += dot16<T>(w0[cc], xv);
+          if (has_second) acc1[m] += dot16<T>(w1[cc], xv);
+        }
+      }
+    }
+    if (c == chunks - 1) finish(f, has_second);
+  };
+  for (int q = 0; q < total; q += 2) {
+    issue(q + 1, b0, b1);
+    consume(q, a0, a1);
+    if (q + 1 >= total) break;
+    issue(q + 2, a0, a1);
+    consume(q + 1, b0, b1);
+  }
+  if (chunks == 0) {  // rows not 16-byte aligned: element by element
+    for (int64_t f = n0; f < N; f += step) {
+      const T* r0 = reinterpret_cast<const T*>(first(f));
+      const T* r1 = reinterpret_cast<const T*>(second(f));
+      for (int64_t k = lane; k < K; k += 32) {
+        const float a = to_f32(r0[k]);
+        const float b = r1 ? to_f32(r1[k]) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < kRows; ++m)
+          if (m < M) {
+            const float xv = to_f32(x[int64_t(m) * K + k]);
+            acc0[m] += a * xv;
+            acc1[m] += b * xv;
+          }
+      }
+      finish(f, r1 != nullptr);
+    }
+  }
+}
+
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+// One wave of at most kBlocksPerSm blocks per SM, every warp owning ceil(N / warps) features.
+template <typename T, typename TX, typename TY, bool kStaged, bool kGated, int kRows>
+void launch(const GemvParams& p, cudaStream_t stream) {
+  auto* kernel = gemv_kernel<T, TX, TY, kStaged, kGated, kRows>;
+  const size_t smem = kStaged ? size_t(p.M) * size_t(p.K) * sizeof(T) : 0;
+  static const bool configured = [&] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
+    return true;
+  }();
+  (void)configured;
+  int device = 0, sms = 0, per_sm = 0;
+  check(int(cudaGetDevice(&device)), "gemv");
+  check(int(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)), "gemv");
+  check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "gemv");
+  // At most kBlocksPerSm of ours per SM: the rest of each SM stays free for the next kernel's blocks, which
+  // programmatic dependent launch starts early so their weight loads overlap this kernel.
+  static const int cap = [] {  // KESTREL_GEMV_BLOCKS_PER_SM overrides kBlocksPerSm (tuning experiments)
+    const char* v = std::getenv("KESTREL_GEMV_BLOCKS_PER_SM");
+    return v && std::atoi(v) > 0 ? std::atoi(v) : kBlocksPerSm;
+  }();
+  const int64_t resident_warps = int64_t(std::clamp(per_sm, 1, cap)) * sms * kWarps;
+  int64_t per_warp = (p.N + resident_warps - 1) / resident_warps;
+  if (!kGated) per_warp += per_warp % 2;  // features come in pairs
+  const int64_t warps = (p.N + per_warp - 1) / per_warp;
+  launch_pdl(kernel, dim3(blocks_for(warps, kWarps)), dim3(kThreads), smem, stream, p);
+}
+
+template <typename T, typename TX, typename TY, bool kStaged, bool kGated>
+void launch_rows(const GemvParams& p, cudaStream_t stream) {
+  if (p.M == 1)
+    launch<T, TX, TY, kStaged, kGated, 1>(p, stream);
+  else
+    launch<T, TX, TY, kStaged, kGated, kGemvMaxRows>(p, stream);
+}
+
+}  // namespace
+
+bool gemv_stages_input(int64_t M, int64_t K, DType wt) {
+  return M >= 1 && M <= kGemvMaxRows && size_t(M) * size_t(K) * dtype_size(wt) <= kMaxStageBytes;
+}
+
+void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
+          Act act, bool gated, bool residual, void* y, DType yt, Stream stream) {
+  if (M == 0) return;
+  if (M > kGemvMaxRows) internal_error("gemv: more rows than kGemvMaxRows");
+  // Plain rows in the weight dtype are read where they are (through L1); anything else is staged.
+  const bool staged = in.rows || in.gamma || in.xt != wt;
+  if (staged && !gemv_stages_input(M, K, wt))
+    internal_error("gemv: a gathered, normalised or converted input too large to stage");
+  if (in.xt != DType::F32 && in.xt != wt) internal_error("gemv: input dtype is neither fp32 nor the weights'");
+  if (yt != DType::F32 && yt != wt) internal_error("gemv: output dtype is neither fp32 nor the weights'");
+  GemvParams p{in.x,  in.rows, in.gamma, in.beta, in.rms, in.eps, in.out_scale, int(M), K, W, N, bias, act,
+               residual, false, y};
+  p.vector_ok = (K * int64_t(dtype_size(wt))) % 16 == 0 && aligned16(W) && (staged || aligned16(in.x));
+  dispatch_dtype(wt, [&](auto w) {
+    using T = decltype(w);
+    auto with_y = [&](auto x_tag) {
+      using TX = decltype(x_tag);
+      auto go = [&](auto y_tag) {
+        using TY = decltype(y_tag);
+        if (staged)
+          gated ? launch_rows<T, TX, TY, true, true>(p, stream) : launch_rows<T, TX, TY, true, false>(p, stream);
+        else
+          gated ? launch_rows<T, T, TY, false, true>(p, stream) : launch_rows<T, T, TY, false, false>(p, stream);
+      };
+      if (yt == DType::F32)
+        go(float{});
+      else
+        go(T{});
+    };
+    if (in.xt == DType::F32)
+      with_y(float{});
+    else
+      with_y(T{});
+  });
+  check_launch("gemv");
+}
+
+}  // namespace kestrel::cuda

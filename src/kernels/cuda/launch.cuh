@@ -1,0 +1,48 @@
+#pragma once
+// Programmatic dependent launch (PDL, Hopper and newer): a kernel launched with `launch_pdl` may start while the
+// kernel before it on the stream is still finishing. It must call pdl_wait() before it touches anything an
+// earlier kernel writes (activations, caches, logits) and may do only work on immutable data (weights, token
+// metadata uploaded before the launch) ahead of that: decode GEMVs issue their first weight loads there, which
+// hides most of the gap between two dependent kernels. pdl_trigger() lets the next kernel be scheduled onto
+// SMs this one leaves idle. On GPUs or builds without PDL both are no-ops and launches are ordinary.
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "kernels/cuda/ops.h"
+
+namespace kestrel::cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// True when the current device runs PDL (compute capability 9.0+); read once per process and device 0..15.
+bool pdl_supported();
+
+// kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute where supported.
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl_supported() ? 1 : 0;
+  check(int(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...)), "kernel launch");
+}
+
+}  // namespace kestrel::cuda

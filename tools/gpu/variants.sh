@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Decode-step timings of Kestrel under environment variants, one model build each, on the GPU machine:
+#   tools/gpu/variants.sh BUILD_DIR OUT_DIR "small,xl" "A=1 B=2" "A=2" ...
+# Each variant is a space-separated list of VAR=VALUE (use "-" for none); prints and writes OUT_DIR/variants.txt.
+set -uo pipefail
+BUILD=$(realpath "${1:?build dir}"); OUT=$(realpath "${2:?out dir}"); SIZES=$3; shift 3
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+[ -f "$BUILD/libs.tar.xz" ] && [ ! -d "$BUILD/lib" ] && tar -C "$BUILD" -xJf "$BUILD/libs.tar.xz"
+export LD_LIBRARY_PATH="$BUILD/lib:${LD_LIBRARY_PATH:-}:$BUILD/lib/fallback"
+TMP=$(mktemp -d)
+for size in ${SIZES//,/ }; do
+  (cd "$ROOT" && $PY - "$TMP" "$size" <<'PYEOF'
+import pathlib, sys
+sys.path.insert(0, "tests/gpu")
+import gpu_models as g
+d = pathlib.Path(sys.argv[1]); size = sys.argv[2]
+(g.real_shape_gpt2 if not size.startswith("t5-") else lambda p, s: g.real_shape_t5(p, s[3:]))(d / size, size)
+g.write_rows(d / "p.json", [[(i * 7919) % 30000 + 2 for i in range(64)]])
+PYEOF
+  ) > /dev/null 2>&1
+  for variant in "$@"; do
+    envs=(); [ "$variant" != "-" ] && read -ra envs <<< "$variant"
+    env "${envs[@]}" "$BUILD/tests/gpu/kestrel_gpu_driver" --model "$TMP/$size" --device cuda --precision fp16 \
+      --prompts "$TMP/p.json" --new-tokens 64 --bench-runs 3 --bench-only --max-batch 1 --max-length 256 \
+      --out "$TMP/o" 2> "$TMP/err" || { echo "$size [$variant] failed: $(tail -2 "$TMP/err")"; continue; }
+    $PY -c 'import json,statistics as s,sys; b=json.load(open(sys.argv[1]))["bench"]; print(f"{sys.argv[2]:8s} [{sys.argv[3]}] step {s.median(b["step_ms"]):.4f} ms  e2e {s.median(b["e2e_ms"]):.2f} ms  first {s.median(b["first_ms"]):.3f} ms")' \
+      "$TMP/o.json" "$size" "$variant" | tee -a "$OUT/variants.txt"
+  done
+  rm -rf "$TMP/$size"
+done
