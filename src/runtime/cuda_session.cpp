@@ -887,6 +887,7 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
             a.fresh_k_offset = I;
             a.fresh_v_offset = 2 * I;
             if (!cuda::attention_can_fuse_store(a)) a.fresh = nullptr;
+            a.cache_ready = a.fresh != nullptr;
           }
           if (!a.fresh)
             cuda::store_kv(in.data, in.width, I, 2 * I, I, in.rows, impl_->dev(L.tok_row),
@@ -900,6 +901,7 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
           a.key_base = impl_->dev(L.cross_base);
           a.key_count = impl_->dev(L.cross_count);
           a.splits = pass.splits_cross;
+          a.cache_ready = pass.decode;  // filled by the encoder forward
           break;
       }
       if (b.bias >= 0) {

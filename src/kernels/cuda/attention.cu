@@ -10,8 +10,8 @@
 // out = Σ_j p_j v_j / Σ_j p_j. With several splits (decode: enough blocks to fill the GPU) each block writes
 // (m, l, acc) and the last one to finish merges them (AttentionArgs::split_counters). In decode with the KV
 // store fused in (AttentionArgs::fresh), the block whose split holds the new token's position writes its key
-// and value into the cache, and the keys and values already cached are loaded before pdl_wait(), overlapping
-// the QKV projection that precedes this kernel.
+// and value into the cache; and in decode (AttentionArgs::cache_ready) the keys and values already cached are
+// loaded before pdl_wait(), overlapping the projection that precedes this kernel.
 //
 // Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key with
 // an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
   // Cached keys do not depend on the kernels before this one in the step: load the first one now.
   uint4 kpre[kPrefetchVecs];
   const int j_pre = k0 + tid;
-  const bool prefetched = fresh && DV <= kPrefetchVecs && j_pre < k1 && j_pre != fresh_pos;
+  const bool prefetched = a.cache_ready && DV <= kPrefetchVecs && j_pre < k1 && j_pre != fresh_pos;
   if (prefetched) {
     const uint4* kr = key_row(j_pre);
 #pragma unroll
@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
 #pragma unroll
   for (int i = 0; i < kValuePrefetch; ++i) {
     const int j = k0 + g + i * groups;
-    if (fresh && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
+    if (a.cache_ready && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
   }
   pdl_wait();
   pdl_trigger();
@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
     for (int i = 0; i < kValuePrefetch; ++i) {  // the prefetched rows (or loads where none was possible)
       const int j = k0 + g + i * groups;
       if (j >= k1) break;
-      const uint4 vv = fresh && j != fresh_pos ? vpre[i] : value_row(j)[c];
+      const uint4 vv = a.cache_ready && j != fresh_pos ? vpre[i] : value_row(j)[c];
       const T* vp = reinterpret_cast<const T*>(&vv);
       const float p = scores[j - k0];
 #pragma unroll

@@ -53,14 +53,12 @@ struct GemvParams {
 template <typename T>
 constexpr int kVec = 16 / int(sizeof(T));
 
+// The kVec<T> elements of a 16-byte load, widened to fp32 once (and reused for every input row).
 template <typename T>
-__device__ __forceinline__ float dot16(const uint4& w, const uint4& x) {
-  const T* wp = reinterpret_cast<const T*>(&w);
-  const T* xp = reinterpret_cast<const T*>(&x);
-  float s = 0.0f;
+__device__ __forceinline__ void widen(const uint4& v, float (&out)[kVec<T>]) {
+  const T* p = reinterpret_cast<const T*>(&v);
 #pragma unroll
-  for (int i = 0; i < kVec<T>; ++i) s += to_f32(wp[i]) * to_f32(xp[i]);
-  return s;
+  for (int i = 0; i < kVec<T>; ++i) out[i] = to_f32(p[i]);
 }
 
 // Writes the (gathered, normalised) input rows into xs[M][K] in the weight dtype T.
@@ -265,12 +263,19 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvParams p) {
     for (int cc = 0; cc < C; ++cc) {
       const int64_t i = int64_t(c) * 32 * C + lane + 32 * cc;
       if (i < nvec) {
+        float a[kVec<T>], b[kVec<T>];
+        widen<T>(w0[cc], a);
+        if (has_second) widen<T>(w1[cc], b);
 #pragma unroll
         for (int m = 0; m < kRows; ++m) {
           if (m >= M) break;
-          const uint4 xv = reinterpret_cast<const uint4*>(x + int64_t(m) * K)[i];
-          acc0[m] += dot16<T>(w0[cc], xv);
-          if (has_second) acc1[m] += dot16<T>(w1[cc], xv);
+          float xf[kVec<T>];
+          widen<T>(reinterpret_cast<const uint4*>(x + int64_t(m) * K)[i], xf);
+#pragma unroll
+          for (int e = 0; e < kVec<T>; ++e) acc0[m] += a[e] * xf[e];
+          if (has_second)
+#pragma unroll
+            for (int e = 0; e < kVec<T>; ++e) acc1[m] += b[e] * xf[e];
         }
       }
     }
