@@ -3,6 +3,8 @@
 //  - more rows (prompts, encoder): cuBLASLt, y = W·x in its column-major terms (TN), with the bias, bias+GELU
 //    or bias+ReLU epilogue fused and the residual add folded in as beta = 1. Activations cuBLASLt lacks run as a
 //    separate element-wise pass. fp32 uses CUBLAS_COMPUTE_32F, never TF32, so it matches fp32 references.
+//    The algorithm of each GEMM shape is chosen when the shape is first run: the heuristic's top candidates
+//    are timed on the real inputs and the fastest is kept for the session (Impl::choose).
 #include <cublasLt.h>
 
 #include <map>
@@ -37,6 +39,8 @@ cudaDataType_t blas_type(DType t) {
 }
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+constexpr size_t kTuningBytes = size_t(32) << 20;  // largest GEMM output whose algorithm is chosen by timing
+constexpr int kTuningCandidates = 8;
 // --- element-wise epilogues cuBLASLt lacks
 // ---------------------------------------------------------------------
 
@@ -72,26 +76,82 @@ unsigned grid_for(int64_t n) {
 struct GemmContext::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
+  void* tuning_output = nullptr;  // where candidate algorithms write while they are timed
   // (M, N, K, wt, yt, epilogue, beta != 0) -> the heuristic's first algorithm.
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, bool>;
   std::map<Key, cublasLtMatmulAlgo_t> algos;
 
   void matmul(const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
               cublasLtEpilogue_t epilogue, bool accumulate, void* y, DType yt, Stream stream);
+  // The algorithm for a GEMM shape seen for the first time: the heuristic's candidates, each timed on the
+  // real inputs (output to tuning_output), fastest kept; the heuristic's first where timing is impossible
+  // (inside a CUDA graph capture, or an output larger than the tuning buffer).
+  cublasLtMatmulAlgo_t choose(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                              cublasLtMatrixLayout_t c, const void* x, int64_t M, const void* W, int64_t N,
+                              DType yt, float alpha, float beta, Stream stream);
 };
+
+cublasLtMatmulAlgo_t GemmContext::Impl::choose(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
+                                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, const void* x,
+                                               int64_t M, const void* W, int64_t N, DType yt, float alpha,
+                                               float beta, Stream stream) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  check_blas(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  const uint64_t ws = kWorkspaceBytes;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulHeuristicResult_t results[kTuningCandidates] = {};
+  int found = 0;
+  const cublasStatus_t s =
+      cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, c, c, pref, kTuningCandidates, results, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (s != CUBLAS_STATUS_SUCCESS || found == 0)
+    fail("cuBLASLt has no algorithm for a " + std::to_string(M) + "x" + std::to_string(N) +
+         " GEMM on this GPU; try another --precision or --device cpu");
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check(int(cudaStreamIsCapturing(stream, &capture)), "cudaStreamIsCapturing");
+  const size_t out_bytes = size_t(M) * size_t(N) * dtype_size(yt);
+  if (found == 1 || capture != cudaStreamCaptureStatusNone || out_bytes > kTuningBytes) return results[0].algo;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check(int(cudaEventCreate(&start)), "cudaEventCreate");
+  check(int(cudaEventCreate(&stop)), "cudaEventCreate");
+  int best = 0;
+  float best_ms = INFINITY;
+  for (int i = 0; i < found; ++i) {
+    auto run = [&] {
+      return cublasLtMatmul(handle, op, &alpha, W, a, x, b, &beta, tuning_output, c, tuning_output, c,
+                            &results[i].algo, workspace, kWorkspaceBytes, stream);
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that refuses these pointers is skipped
+    cudaEventRecord(start, stream);
+    for (int r = 0; r < 3; ++r) run();
+    cudaEventRecord(stop, stream);
+    float ms = INFINITY;
+    if (cudaEventSynchronize(stop) == cudaSuccess) cudaEventElapsedTime(&ms, start, stop);
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = i;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  check(int(cudaGetLastError()), "timing GEMM algorithms");
+  return results[best].algo;
+}
 
 GemmContext::GemmContext() : impl_(std::make_unique<Impl>()) {
   check_blas(cublasLtCreate(&impl_->handle), "cublasLtCreate");
   check(int(cudaMalloc(&impl_->workspace, kWorkspaceBytes)), "GEMM workspace");
+  check(int(cudaMalloc(&impl_->tuning_output, kTuningBytes)), "GEMM tuning buffer");
 }
 
 GemmContext::~GemmContext() {
   if (impl_->workspace) cudaFree(impl_->workspace);
+  if (impl_->tuning_output) cudaFree(impl_->tuning_output);
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
 size_t GemmContext::workspace_bytes() {
-  return kWorkspaceBytes;
+  return kWorkspaceBytes + kTuningBytes;
 }
 
 void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
@@ -99,8 +159,18 @@ void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* 
                                DType yt, Stream stream) {
   // Column-major view: D[N, M] = op(A)[N, K] · B[K, M] with A = W stored [K, N] (ld K) transposed and B = x
   // stored [K, M] (ld K); D = y stored [N, M] (ld N), i.e. row-major y[M, N].
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  struct Descriptors {  // released on every path out, errors included
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    ~Descriptors() {
+      if (a) cublasLtMatrixLayoutDestroy(a);
+      if (b) cublasLtMatrixLayoutDestroy(b);
+      if (c) cublasLtMatrixLayoutDestroy(c);
+      if (op) cublasLtMatmulDescDestroy(op);
+    }
+  } d;
+  cublasLtMatmulDesc_t& op = d.op;
+  cublasLtMatrixLayout_t &a = d.a, &b = d.b, &c = d.c;
   const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;  // never the TF32 fast path
   check_blas(cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F), "cublasLtMatmulDescCreate");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -117,34 +187,13 @@ void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* 
   check_blas(cublasLtMatrixLayoutCreate(&c, blas_type(yt), uint64_t(N), uint64_t(M), N), "matrix layout");
 
   const Key key{M, N, K, int(wt), int(yt), int(epilogue), accumulate};
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   auto it = algos.find(key);
   if (it == algos.end()) {
-    cublasLtMatmulPreference_t pref = nullptr;
-    check_blas(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-    const uint64_t ws = kWorkspaceBytes;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, c, c, pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
-      cublasLtMatrixLayoutDestroy(a);
-      cublasLtMatrixLayoutDestroy(b);
-      cublasLtMatrixLayoutDestroy(c);
-      cublasLtMatmulDescDestroy(op);
-      fail("cuBLASLt has no algorithm for a " + std::to_string(M) + "x" + std::to_string(N) + "x" +
-           std::to_string(K) + " " + std::string(dtype_name(wt)) +
-           " GEMM on this GPU; try another --precision or --device cpu");
-    }
-    it = algos.emplace(key, result.algo).first;
+    it = algos.emplace(key, choose(op, a, b, c, x, M, W, N, yt, alpha, beta, stream)).first;
   }
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const cublasStatus_t s = cublasLtMatmul(handle, op, &alpha, W, a, x, b, &beta, y, c, y, c, &it->second,
                                           workspace, kWorkspaceBytes, stream);
-  cublasLtMatrixLayoutDestroy(a);
-  cublasLtMatrixLayoutDestroy(b);
-  cublasLtMatrixLayoutDestroy(c);
-  cublasLtMatmulDescDestroy(op);
   check_blas(s, "cublasLtMatmul");
 }
 

@@ -45,11 +45,11 @@ class GemmContext {
   std::unique_ptr<Impl> impl_;
 };
 
-// Rows at or under this count go through the hand-written GEMV (the weight streamed once with 16-byte loads);
-// larger ones through cuBLASLt with a fused epilogue. Measured on an H200 (GPT-2 XL, 64 tokens): batch 8
-// through the GEMV made 908 tokens/s, where its arithmetic (8 rows per weight load) no longer hides under the
-// loads, while batch 32 through cuBLASLt made 9699.
-constexpr int64_t kGemvMaxRows = 4;
+// Rows at or under this count go through the hand-written GEMV (the weight streamed once with 16-byte loads,
+// the norm before it fused in); larger ones through cuBLASLt with a fused epilogue. Measured on an H200 (GPT-2
+// XL decode step): 1 row 2.45 ms through the GEMV; 4 rows 5.8 ms through the GEMV, where its arithmetic per
+// weight load no longer hides under the loads; 8 rows 2.55 ms and 32 rows 3.3 ms through cuBLASLt.
+constexpr int64_t kGemvMaxRows = 1;
 
 // y[M,N] (dtype yt) = act(x[M,K] · W[N,K]ᵀ + bias[N]); x and W share dtype wt; bias (may be null) has dtype
 // yt. With `residual`, y += that instead (y is usually the fp32 residual stream).
