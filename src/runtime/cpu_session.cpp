@@ -157,7 +157,8 @@ std::vector<float> CpuSession::forward(const std::vector<BoundOp>& program, cons
     if (ranges_ && b.out >= 0 && b.op->kind != OpKind::PositionBias) {
       const Buffer& out = buffer(b.out);
       float peak = 0.0f;
-      for (int64_t i = 0; i < out.rows * out.width; ++i) peak = std::max(peak, std::fabs(out.data[size_t(i)]));
+      for (int64_t i = 0; i < out.rows * out.width; ++i)
+        peak = std::max(peak, std::fabs(out.data[size_t(i)]));
       float& r = (*ranges_)[b.op];
       r = std::max(r, peak);
     }

@@ -210,7 +210,8 @@ CudaSession::CudaSession(const Model& model, const SessionOptions& options, cons
   if (!plan_.decoder.empty()) dtype[plan_.decoder.back().output] = DType::F32;
   std::map<const Op*, DType> linear_wt;  // linear layers whose weights leave the compute dtype
   if (compute_ == DType::F16) calibrate(dtype, linear_wt);
-  for (const std::string& note : precision_notes_) std::fprintf(stderr, "kestrel: fp16 calibration: %s\n", note.c_str());
+  for (const std::string& note : precision_notes_)
+    std::fprintf(stderr, "kestrel: fp16 calibration: %s\n", note.c_str());
   for (const auto& [name, width] : plan_.buffers) {
     bool is_bias = false;
     for (const auto* ops : {&plan_.encoder, &plan_.decoder})
@@ -501,8 +502,8 @@ std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) 
     const size_t after = take ? i + 3 : i + 2;
     const std::string& source = first.inputs[0];
     if (norm.kind != OpKind::Norm || lin.kind != OpKind::Linear || lin.inputs[0] != norm.output ||
-        (take && norm.inputs[0] != first.output) || lin.output == source ||
-        read_later(after, norm.output) || (take && first.output != norm.output && read_later(after - 1, first.output)))
+        (take && norm.inputs[0] != first.output) || lin.output == source || read_later(after, norm.output) ||
+        (take && first.output != norm.output && read_later(after - 1, first.output)))
       continue;
     bound[i].feeds_gemv = true;
     if (take) bound[i + 1].feeds_gemv = true;
@@ -826,9 +827,9 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
       const int64_t N = plan_.weight(op.weights[0]).shape[0];
       if (in.dtype != b.wt && in.rows <= cuda::kGemvMaxRows &&
           cuda::gemv_stages_input(in.rows, in.width, b.wt)) {  // the GEMV converts while staging its input
-        cuda::gemv(cuda::LinearInput{in.data, in.dtype}, in.rows, in.width, b.w[0], b.wt, op.gated ? N / 2 : N,
-                   !op.gated && b.w.size() > 1 ? b.w[1] : nullptr, to_kernel_act(op.act), op.gated,
-                   op.residual, out.data, out.dtype, s);
+        cuda::gemv(cuda::LinearInput{in.data, in.dtype}, in.rows, in.width, b.w[0], b.wt,
+                   op.gated ? N / 2 : N, !op.gated && b.w.size() > 1 ? b.w[1] : nullptr,
+                   to_kernel_act(op.act), op.gated, op.residual, out.data, out.dtype, s);
         return;
       }
       const void* x = in.data;

@@ -16,6 +16,8 @@
 //   bench    (cuda, --bench-runs R) milliseconds of each run of prompt + N greedy tokens (e2e_ms), of its
 //            prompt pass up to the first token (first_ms), and of each decode step of the last run (step_ms).
 //            Times are CUDA events on the session's stream around calls that synchronize it.
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,8 +27,6 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <cuda_runtime.h>
 
 #include "core/error.h"
 #include "runtime/cuda_session.h"
@@ -221,8 +221,10 @@ int run(int argc, char** argv) {
         if (r + 1 == bench_runs) steps.clear();  // keep the last run's steps
         e2e.push_back(time_with(outer, [&] { generate(true); }));
       }
-      report["bench"] = {{"e2e_ms", e2e},     {"first_ms", first},
-                         {"step_ms", steps},  {"graphs", gpu->captured_graphs()},
+      report["bench"] = {{"e2e_ms", e2e},
+                         {"first_ms", first},
+                         {"step_ms", steps},
+                         {"graphs", gpu->captured_graphs()},
                          {"timer", "cuda_events"}};
     }
   }

@@ -14,10 +14,7 @@ SKIP=",${SKIP:-},"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-[ -f "$BUILD/libs.tar.xz" ] && [ ! -d "$BUILD/lib" ] && tar -C "$BUILD" -xJf "$BUILD/libs.tar.xz"
-# Host libraries the build machine linked (OpenBLAS & co.) may be absent on the GPU machine: a carried build puts
-# them in BUILD/lib (first) and BUILD/lib/fallback (last, only where the system lacks them).
-export LD_LIBRARY_PATH="$BUILD/lib:${LD_LIBRARY_PATH:-}:$BUILD/lib/fallback"
+source "$ROOT/tests/gpu/use_build.sh"
 export PYTHONUNBUFFERED=1 KESTREL_BUILD_DIR="$BUILD" KESTREL_GPU_REPORT="$OUT/parity.jsonl" HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 status=0

@@ -160,17 +160,27 @@ def test_16bit_greedy_agrees_with_fp32_on_long_generation(models, tmp_path, arch
     assert agree >= AGREE[precision], f"{arch} {precision}: {agree:.4f} of positions agree with fp32"
 
 
+def logprobs_and_wo_peak(hf, enc, dec, side):
+    """transformers' fp32 log-probs, and the largest |value| at the input or output of every FFN wo layer."""
+    peak = []
+
+    def hook(module, inputs, output):
+        peak.append(float((inputs[0] if side == "input" else output).abs().max()))
+
+    hooks = [m.register_forward_hook(hook) for n_, m in hf.named_modules() if n_.endswith("DenseReluDense.wo")]
+    try:
+        return hf_logprobs(hf, dec, enc), peak
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_fp16_survives_activations_beyond_fp16_range(models, tmp_path):
     """The 'hot' T5 has FFN outputs far over 65504 (as real T5 checkpoints do); transformers in fp16 overflows,
     Kestrel fp16 keeps the residual stream and every residual GEMM's output in fp32 and stays close to fp32."""
     hf = hf_model(models["t5_hot"], True)
-    peak = []
-    hooks = [m.register_forward_hook(lambda m, i, o: peak.append(float(o.abs().max())))
-             for n_, m in hf.named_modules() if n_.endswith("DenseReluDense.wo")]
     enc, dec = T5_INPUTS[2], T5_DECODER[2]
-    ref = hf_logprobs(hf, dec, enc)
-    for h in hooks:
-        h.remove()
+    ref, peak = logprobs_and_wo_peak(hf, enc, dec, side="output")
     assert max(peak) > 65504, f"test checkpoint too tame: peak FFN output {max(peak)}"
     hf16 = hf.half()
     with torch.no_grad():
@@ -189,13 +199,8 @@ def test_fp16_calibration_keeps_overflowing_tensors_out_of_fp16(models, tmp_path
     calibration pass off, plain fp16 turns them into inf/NaN; calibrated fp16 measures them, keeps that tensor and
     the wo layers reading it in fp32, and stays finite and close to fp32."""
     hf = hf_model(models["t5_wide"], True)
-    peak = []
-    hooks = [m.register_forward_hook(lambda m, i, o: peak.append(float(i[0].abs().max())))
-             for n_, m in hf.named_modules() if n_.endswith("DenseReluDense.wo")]
     enc, dec = T5_INPUTS[2], T5_DECODER[2]
-    ref = hf_logprobs(hf, dec, enc)
-    for h in hooks:
-        h.remove()
+    ref, peak = logprobs_and_wo_peak(hf, enc, dec, side="input")
     assert max(peak) > 65504, f"test checkpoint too tame: peak FFN hidden activation {max(peak)}"
     plain = drive(tmp_path / "plain", models["t5_wide"], "fp16", [enc], score=[dec],
                   env={"KESTREL_NO_CALIBRATION": "1"})

@@ -1,3 +1,8 @@
+"""One decode step from an Nsight Compute CSV of tools/gpu/profile_decode.sh: the launches between the last two
+argmax_finish kernels, grouped by kernel, with time, DRAM bytes read and read rate, then the step's first launches.
+
+  python tools/gpu/ncu_step.py OUT/prof/ncu_xl.csv [more.csv ...]
+"""
 import csv, io, sys, collections
 def rows(path):
     text = open(path, encoding="utf-8", errors="replace").read()

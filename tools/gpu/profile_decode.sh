@@ -2,8 +2,8 @@
 # Per-kernel profile of Kestrel's decode on the GPU machine (Nsight Compute, clocks left alone):
 #   tools/gpu/profile_decode.sh BUILD_DIR OUT_DIR [sizes]
 # Writes OUT_DIR/ncu_<size>.csv (one row per kernel launch: duration, DRAM bytes read, grid) for a run of a
-# 64-token prompt and 3 greedy tokens on random weights of real GPT-2 shapes; summarise with
-# tools/gpu/ncu_summary.py.
+# 64-token prompt and 3 greedy tokens on random weights of real GPT-2 shapes; tools/gpu/ncu_step.py summarises
+# one decode step of it.
 set -uo pipefail
 BUILD=$(realpath "${1:?build dir}")
 OUT=$(realpath "${2:?output dir}")
@@ -11,8 +11,7 @@ SIZES=${3:-small,xl}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-[ -f "$BUILD/libs.tar.xz" ] && [ ! -d "$BUILD/lib" ] && tar -C "$BUILD" -xJf "$BUILD/libs.tar.xz"
-export LD_LIBRARY_PATH="$BUILD/lib:${LD_LIBRARY_PATH:-}:$BUILD/lib/fallback"
+source "$ROOT/tests/gpu/use_build.sh"
 TMP=$(mktemp -d)
 for size in ${SIZES//,/ }; do
   $PY - "$TMP" "$size" <<'PYEOF'

@@ -7,8 +7,7 @@ BUILD=$(realpath "${1:?build dir}"); OUT=$(realpath "${2:?out dir}"); SIZES=$3; 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-[ -f "$BUILD/libs.tar.xz" ] && [ ! -d "$BUILD/lib" ] && tar -C "$BUILD" -xJf "$BUILD/libs.tar.xz"
-export LD_LIBRARY_PATH="$BUILD/lib:${LD_LIBRARY_PATH:-}:$BUILD/lib/fallback"
+source "$ROOT/tests/gpu/use_build.sh"
 TMP=$(mktemp -d)
 for size in ${SIZES//,/ }; do
   (cd "$ROOT" && $PY - "$TMP" "$size" <<'PYEOF'

@@ -2,7 +2,8 @@
 //
 // The main kernel (attention_rows_kernel) runs one block of 128 threads per (query token, head, key split),
 // in three passes over the split's keys:
-//   1. scores: thread i takes keys i, i+128, ...; a key row is read with 16-byte loads, all in flight at once;
+//   1. scores: thread i takes keys i, i+128, ...; a key row is read with 16-byte loads, all in flight at
+//   once;
 //      s_j = scale · q·k_j + bias(j - i) goes to shared memory;
 //   2. softmax: block max and sum, p_j = exp(s_j - m);
 //   3. values: the threads split as (key group, 16-byte column of the head): each walks its group's keys and
@@ -13,8 +14,8 @@
 // and value into the cache; and in decode (AttentionArgs::cache_ready) the keys and values already cached are
 // loaded before pdl_wait(), overlapping the projection that precedes this kernel.
 //
-// Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key with
-// an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
+// Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key
+// with an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
 #include <algorithm>
 
 #include "kernels/cuda/device_math.cuh"
@@ -26,6 +27,22 @@ namespace {
 
 constexpr int kWarps = 4;
 
+// The keys query token t sees in split `split` of `splits`: [k0, k1) of its batch row.
+struct KeyRange {
+  int row, qpos, k0, k1;
+};
+__device__ __forceinline__ KeyRange key_range(const AttentionArgs& a, int t, int split, int splits) {
+  KeyRange r;
+  r.row = a.tok_row[t];
+  r.qpos = a.tok_pos[t];
+  int count = a.key_count[r.row];
+  if (a.causal) count = min(count, r.qpos + 1);
+  const int chunk = (count + splits - 1) / splits;
+  r.k0 = split * chunk;
+  r.k1 = min(count, r.k0 + chunk);
+  return r;
+}
+
 // DPL: dimensions per lane, ceil(head_dim / 32) rounded up to a power of two (a compile-time register count).
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a) {
@@ -35,12 +52,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int D = a.head_dim;
-  const int row = a.tok_row[t];
-  const int qpos = a.tok_pos[t];
-  int count = a.key_count[row];
-  if (a.causal) count = min(count, qpos + 1);
-  const int chunk = (count + splits - 1) / splits;
-  const int k0 = split * chunk, k1 = min(count, k0 + chunk);
+  const KeyRange r = key_range(a, t, split, splits);
+  const int row = r.row, qpos = r.qpos, k0 = r.k0, k1 = r.k1;
 
   const T* q = static_cast<const T*>(a.q) + int64_t(t) * a.q_stride + int64_t(h) * D;
   const T* kb = static_cast<const T*>(a.k) + int64_t(a.key_base[row]) * a.kv_stride + int64_t(h) * D;
@@ -150,16 +163,12 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
   const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int tid = threadIdx.x;
   const int D = a.head_dim, DV = D / V;
-  const int row = a.tok_row[t];
-  const int qpos = a.tok_pos[t];
-  int count = a.key_count[row];
-  if (a.causal) count = min(count, qpos + 1);
-  const int chunk = (count + splits - 1) / splits;
-  const int k0 = split * chunk, k1 = min(count, k0 + chunk);
+  const KeyRange r = key_range(a, t, split, splits);
+  const int row = r.row, qpos = r.qpos, k0 = r.k0, k1 = r.k1;
   T* kb = static_cast<T*>(a.k) + int64_t(a.key_base[row]) * a.kv_stride + int64_t(h) * D;
   T* vb = static_cast<T*>(a.v) + int64_t(a.key_base[row]) * a.kv_stride + int64_t(h) * D;
-  const T* fresh = a.fresh ? static_cast<const T*>(a.fresh) + int64_t(t) * a.fresh_stride + int64_t(h) * D
-                           : nullptr;
+  const T* fresh =
+      a.fresh ? static_cast<const T*>(a.fresh) + int64_t(t) * a.fresh_stride + int64_t(h) * D : nullptr;
   const int fresh_pos = fresh ? qpos : -1;
   auto key_row = [&](int j) -> const uint4* {
     return reinterpret_cast<const uint4*>(j == fresh_pos ? fresh + a.fresh_k_offset
@@ -191,7 +200,8 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
   pdl_wait();
   pdl_trigger();
 
-  if (fresh && fresh_pos >= k0 && fresh_pos < k1) {  // this split holds the new token: cache its key and value
+  if (fresh && fresh_pos >= k0 &&
+      fresh_pos < k1) {  // this split holds the new token: cache its key and value
     const int64_t at = int64_t(fresh_pos) * a.kv_stride;
     for (int d = tid; d < D; d += kRowThreads) {
       kb[at + d] = fresh[a.fresh_k_offset + d];
@@ -203,8 +213,9 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
   __syncthreads();
 
   // 1. scores
-  // q · (n 16-byte vectors of a key row from vector c0); indices stay compile-time so kv[] stays in registers.
-  auto dot_q = [&](const uint4 (&kv)[kPrefetchVecs], int c0, int n) {
+  // q · (n 16-byte vectors of a key row from vector c0); indices stay compile-time so kv[] stays in
+  // registers.
+  auto dot_q = [&](const uint4(&kv)[kPrefetchVecs], int c0, int n) {
     float s = 0.0f;
 #pragma unroll
     for (int c = 0; c < kPrefetchVecs; ++c) {
@@ -375,12 +386,14 @@ void attention(const AttentionArgs& a, Stream stream) {
     if (rows_kernel) {
       const size_t smem = size_t((a.max_keys + a.splits - 1) / a.splits) * sizeof(float);
       static const bool configured = [] {
-        cudaFuncSetAttribute(attention_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 << 10);
+        cudaFuncSetAttribute(attention_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             160 << 10);
         return true;
       }();
       (void)configured;
       if (smem > (size_t(160) << 10))
-        fail("attention: " + std::to_string(a.max_keys) + " keys per row exceed the CUDA backend's limit; "
+        fail("attention: " + std::to_string(a.max_keys) +
+             " keys per row exceed the CUDA backend's limit; "
              "lower --max-length");
       launch_pdl(attention_rows_kernel<T>, grid, dim3(kRowThreads), smem, stream, a);
     } else {

@@ -1,10 +1,10 @@
 // Linear layers. Two paths, chosen by the number of rows:
 //  - up to kGemvMaxRows rows (decode): the hand-written GEMV of gemv.cu.
 //  - more rows (prompts, encoder): cuBLASLt, y = W·x in its column-major terms (TN), with the bias, bias+GELU
-//    or bias+ReLU epilogue fused and the residual add folded in as beta = 1. Activations cuBLASLt lacks run as a
-//    separate element-wise pass. fp32 uses CUBLAS_COMPUTE_32F, never TF32, so it matches fp32 references.
-//    The algorithm of each GEMM shape is chosen when the shape is first run: the heuristic's top candidates
-//    are timed on the real inputs and the fastest is kept for the session (Impl::choose).
+//    or bias+ReLU epilogue fused and the residual add folded in as beta = 1. Activations cuBLASLt lacks run
+//    as a separate element-wise pass. fp32 uses CUBLAS_COMPUTE_32F, never TF32, so it matches fp32
+//    references. The algorithm of each GEMM shape is chosen when the shape is first run: the heuristic's top
+//    candidates are timed on the real inputs and the fastest is kept for the session (Impl::choose).
 #include <cublasLt.h>
 
 #include <map>
@@ -92,9 +92,9 @@ struct GemmContext::Impl {
 };
 
 cublasLtMatmulAlgo_t GemmContext::Impl::choose(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
-                                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, const void* x,
-                                               int64_t M, const void* W, int64_t N, DType yt, float alpha,
-                                               float beta, Stream stream) {
+                                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
+                                               const void* x, int64_t M, const void* W, int64_t N, DType yt,
+                                               float alpha, float beta, Stream stream) {
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   const uint64_t ws = kWorkspaceBytes;
@@ -110,7 +110,8 @@ cublasLtMatmulAlgo_t GemmContext::Impl::choose(cublasLtMatmulDesc_t op, cublasLt
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   check(int(cudaStreamIsCapturing(stream, &capture)), "cudaStreamIsCapturing");
   const size_t out_bytes = size_t(M) * size_t(N) * dtype_size(yt);
-  if (found == 1 || capture != cudaStreamCaptureStatusNone || out_bytes > kTuningBytes) return results[0].algo;
+  if (found == 1 || capture != cudaStreamCaptureStatusNone || out_bytes > kTuningBytes)
+    return results[0].algo;
   cudaEvent_t start = nullptr, stop = nullptr;
   check(int(cudaEventCreate(&start)), "cudaEventCreate");
   check(int(cudaEventCreate(&stop)), "cudaEventCreate");

@@ -27,9 +27,10 @@ namespace kestrel::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;             // output features per block
+constexpr int kWarps = 8;  // output features per block
 constexpr int kThreads = kWarps * 32;
-constexpr int kChunk = 4;  // 16-byte loads per lane and weight row in one chunk (two rows, two chunks in flight)
+constexpr int kChunk =
+    4;  // 16-byte loads per lane and weight row in one chunk (two rows, two chunks in flight)
 constexpr size_t kMaxStageBytes = size_t(96) << 10;
 constexpr int kBlocksPerSm = 2;
 
@@ -62,7 +63,8 @@ __device__ __forceinline__ void widen(const uint4& v, float (&out)[kVec<T>]) {
 }
 
 // Writes the (gathered, normalised) input rows into xs[M][K] in the weight dtype T.
-constexpr int kNormRegs = 8;  // a single row of up to kNormRegs * kThreads elements is normalised in registers
+constexpr int kNormRegs =
+    8;  // a single row of up to kNormRegs * kThreads elements is normalised in registers
 
 template <typename T, typename TX, int kRows>
 __device__ void stage_input(const GemvParams& p, T* xs) {
@@ -208,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvParams p) {
   const int chunks = int((nvec + 32 * C - 1) / (32 * C));  // per weight row
   const int pairs = n0 < N ? int((N - 1 - n0) / step + 1) : 0;
   const int total = pairs * chunks;
-  auto issue = [&](int q, uint4 (&w0)[C], uint4 (&w1)[C]) {
+  auto issue = [&](int q, uint4(&w0)[C], uint4(&w1)[C]) {
     if (q >= total) return;
     const int64_t f = n0 + int64_t(q / chunks) * step;
     load_pair<C>(first(f), second(f), nvec, int64_t(q % chunks) * 32 * C, w0, w1);
@@ -249,13 +251,14 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvParams p) {
           store(m, f, activate(p.act, acc0[m]) * acc1[m]);
         } else {
           store(m, f, activate(p.act, acc0[m] + (bias ? to_f32(bias[f]) : 0.0f)));
-          if (has_second) store(m, f + stride, activate(p.act, acc1[m] + (bias ? to_f32(bias[f + stride]) : 0.0f)));
+          if (has_second)
+            store(m, f + stride, activate(p.act, acc1[m] + (bias ? to_f32(bias[f + stride]) : 0.0f)));
         }
       }
       acc0[m] = acc1[m] = 0.0f;
     }
   };
-  auto consume = [&](int q, const uint4 (&w0)[C], const uint4 (&w1)[C]) {
+  auto consume = [&](int q, const uint4(&w0)[C], const uint4(&w1)[C]) {
     const int64_t f = n0 + int64_t(q / chunks) * step;
     const int c = q % chunks;
     const bool has_second = second(f) != nullptr;
@@ -361,10 +364,11 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
   const bool staged = in.rows || in.gamma || in.xt != wt;
   if (staged && !gemv_stages_input(M, K, wt))
     internal_error("gemv: a gathered, normalised or converted input too large to stage");
-  if (in.xt != DType::F32 && in.xt != wt) internal_error("gemv: input dtype is neither fp32 nor the weights'");
+  if (in.xt != DType::F32 && in.xt != wt)
+    internal_error("gemv: input dtype is neither fp32 nor the weights'");
   if (yt != DType::F32 && yt != wt) internal_error("gemv: output dtype is neither fp32 nor the weights'");
-  GemvParams p{in.x,  in.rows, in.gamma, in.beta, in.rms, in.eps, in.out_scale, int(M), K, W, N, bias, act,
-               residual, false, y};
+  GemvParams p{in.x, in.rows, in.gamma, in.beta, in.rms, in.eps,   in.out_scale, int(M),
+               K,    W,       N,        bias,    act,    residual, false,        y};
   p.vector_ok = (K * int64_t(dtype_size(wt))) % 16 == 0 && aligned16(W) && (staged || aligned16(in.x));
   dispatch_dtype(wt, [&](auto w) {
     using T = decltype(w);
@@ -373,9 +377,11 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
       auto go = [&](auto y_tag) {
         using TY = decltype(y_tag);
         if (staged)
-          gated ? launch_rows<T, TX, TY, true, true>(p, stream) : launch_rows<T, TX, TY, true, false>(p, stream);
+          gated ? launch_rows<T, TX, TY, true, true>(p, stream)
+                : launch_rows<T, TX, TY, true, false>(p, stream);
         else
-          gated ? launch_rows<T, T, TY, false, true>(p, stream) : launch_rows<T, T, TY, false, false>(p, stream);
+          gated ? launch_rows<T, T, TY, false, true>(p, stream)
+                : launch_rows<T, T, TY, false, false>(p, stream);
       };
       if (yt == DType::F32)
         go(float{});

@@ -1,10 +1,11 @@
 #pragma once
-// Programmatic dependent launch (PDL, Hopper and newer): a kernel launched with `launch_pdl` may start while the
-// kernel before it on the stream is still finishing. It must call pdl_wait() before it touches anything an
-// earlier kernel writes (activations, caches, logits) and may do only work on immutable data (weights, token
-// metadata uploaded before the launch) ahead of that: decode GEMVs issue their first weight loads there, which
-// hides most of the gap between two dependent kernels. pdl_trigger() lets the next kernel be scheduled onto
-// SMs this one leaves idle. On GPUs or builds without PDL both are no-ops and launches are ordinary.
+// Programmatic dependent launch (PDL, Hopper and newer): a kernel launched with `launch_pdl` may start while
+// the kernel before it on the stream is still finishing. It must call pdl_wait() before it touches anything
+// an earlier kernel writes (activations, caches, logits) and may do only work on immutable data (weights,
+// token metadata uploaded before the launch) ahead of that: decode GEMVs issue their first weight loads
+// there, which hides most of the gap between two dependent kernels. pdl_trigger() lets the next kernel be
+// scheduled onto SMs this one leaves idle. On GPUs or builds without PDL both are no-ops and launches are
+// ordinary.
 #include <cuda_runtime.h>
 
 #include <utility>
@@ -28,7 +29,8 @@ __device__ __forceinline__ void pdl_trigger() {
 // True when the current device runs PDL (compute capability 9.0+); read once per process and device 0..15.
 bool pdl_supported();
 
-// kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute where supported.
+// kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute where
+// supported.
 template <typename... KArgs, typename... Args>
 void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                 Args&&... args) {

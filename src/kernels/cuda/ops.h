@@ -46,9 +46,10 @@ class GemmContext {
 };
 
 // Rows at or under this count go through the hand-written GEMV (the weight streamed once with 16-byte loads,
-// the norm before it fused in); larger ones through cuBLASLt with a fused epilogue. Measured on an H200 (GPT-2
-// XL decode step): 1 row 2.45 ms through the GEMV; 4 rows 5.8 ms through the GEMV, where its arithmetic per
-// weight load no longer hides under the loads; 8 rows 2.55 ms and 32 rows 3.3 ms through cuBLASLt.
+// the norm before it fused in); larger ones through cuBLASLt with a fused epilogue. Measured on an H200
+// (GPT-2 XL decode step): 1 row 2.45 ms through the GEMV; 4 rows 5.8 ms through the GEMV, where its
+// arithmetic per weight load no longer hides under the loads; 8 rows 2.55 ms and 32 rows 3.3 ms through
+// cuBLASLt.
 constexpr int64_t kGemvMaxRows = 1;
 
 // y[M,N] (dtype yt) = act(x[M,K] · W[N,K]ᵀ + bias[N]); x and W share dtype wt; bias (may be null) has dtype
@@ -62,8 +63,8 @@ void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W
 void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W01, DType wt, int64_t F,
                   Act act, bool residual, void* y, DType yt, float* scratch, Stream stream);
 
-// The input rows of a decode-sized linear layer (gemv below): x has dtype xt (fp32 or the weight dtype); row m
-// of the input is x[rows[m]] when `rows` is given, and is normalised on the way in when `gamma` is given
+// The input rows of a decode-sized linear layer (gemv below): x has dtype xt (fp32 or the weight dtype); row
+// m of the input is x[rows[m]] when `rows` is given, and is normalised on the way in when `gamma` is given
 // (exactly norm() below with those parameters, rounded to the weight dtype).
 struct LinearInput {
   const void* x = nullptr;
@@ -117,13 +118,14 @@ struct AttentionArgs {
   int64_t kv_stride = 0;
   // Upper bound of any row's key count (the session's --max-length): sizes the score buffer.
   int64_t max_keys = 0;
-  // Decode with the KV-cache store fused in (every row feeds exactly one token): the key and value at position
-  // tok_pos[t] are read from fresh + t * fresh_stride + fresh_k_offset / fresh_v_offset (the QKV output) and
-  // written into k / v there, instead of a separate store_kv pass. Keys before it come from the cache.
+  // Decode with the KV-cache store fused in (every row feeds exactly one token): the key and value at
+  // position tok_pos[t] are read from fresh + t * fresh_stride + fresh_k_offset / fresh_v_offset (the QKV
+  // output) and written into k / v there, instead of a separate store_kv pass. Keys before it come from the
+  // cache.
   const void* fresh = nullptr;
   int64_t fresh_stride = 0, fresh_k_offset = 0, fresh_v_offset = 0;
-  // Every key and value the kernel reads (but `fresh`'s) was written by an earlier forward: they may be loaded
-  // before pdl_wait(), overlapping the kernel before this one (decode self- and cross-attention).
+  // Every key and value the kernel reads (but `fresh`'s) was written by an earlier forward: they may be
+  // loaded before pdl_wait(), overlapping the kernel before this one (decode self- and cross-attention).
   bool cache_ready = false;
   const int32_t* key_base = nullptr;
   const int32_t* key_count = nullptr;
