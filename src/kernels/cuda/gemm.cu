@@ -3,8 +3,9 @@
 //  - more rows (prompts, encoder): cuBLASLt, y = W·x in its column-major terms (TN), with the bias, bias+GELU
 //    or bias+ReLU epilogue fused and the residual add folded in as beta = 1. Activations cuBLASLt lacks run
 //    as a separate element-wise pass. fp32 uses CUBLAS_COMPUTE_32F, never TF32, so it matches fp32
-//    references. The algorithm of each GEMM shape is chosen when the shape is first run: the heuristic's top
-//    candidates are timed on the real inputs and the fastest is kept for the session (Impl::choose).
+//    references. Algorithms are chosen by measurement: the first GEMM of each (rows rounded up to a power of
+//    two, N, K, dtypes, epilogue) times the heuristic's top candidates on its real inputs and the session
+//    keeps the fastest (Impl::choose).
 #include <cublasLt.h>
 
 #include <map>
@@ -77,7 +78,9 @@ struct GemmContext::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   void* tuning_output = nullptr;  // where candidate algorithms write while they are timed
-  // (M, N, K, wt, yt, epilogue, beta != 0) -> the heuristic's first algorithm.
+  // (rows rounded up to a power of two, N, K, wt, yt, epilogue, beta != 0) -> the algorithm timed fastest for
+  // the first GEMM of that class. Prompts of any length thus pay the timing once per power of two, not per
+  // length; an algorithm that cuBLASLt rejects for an exact shape gets the heuristic's pick for that shape.
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, bool>;
   std::map<Key, cublasLtMatmulAlgo_t> algos;
 
@@ -88,13 +91,13 @@ struct GemmContext::Impl {
   // (inside a CUDA graph capture, or an output larger than the tuning buffer).
   cublasLtMatmulAlgo_t choose(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                               cublasLtMatrixLayout_t c, const void* x, int64_t M, const void* W, int64_t N,
-                              DType yt, float alpha, float beta, Stream stream);
+                              DType yt, float alpha, float beta, Stream stream, bool time_candidates = true);
 };
 
 cublasLtMatmulAlgo_t GemmContext::Impl::choose(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
                                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
                                                const void* x, int64_t M, const void* W, int64_t N, DType yt,
-                                               float alpha, float beta, Stream stream) {
+                                               float alpha, float beta, Stream stream, bool time_candidates) {
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   const uint64_t ws = kWorkspaceBytes;
@@ -110,7 +113,7 @@ cublasLtMatmulAlgo_t GemmContext::Impl::choose(cublasLtMatmulDesc_t op, cublasLt
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   check(int(cudaStreamIsCapturing(stream, &capture)), "cudaStreamIsCapturing");
   const size_t out_bytes = size_t(M) * size_t(N) * dtype_size(yt);
-  if (found == 1 || capture != cudaStreamCaptureStatusNone || out_bytes > kTuningBytes)
+  if (!time_candidates || found == 1 || capture != cudaStreamCaptureStatusNone || out_bytes > kTuningBytes)
     return results[0].algo;
   cudaEvent_t start = nullptr, stop = nullptr;
   check(int(cudaEventCreate(&start)), "cudaEventCreate");
@@ -124,7 +127,7 @@ cublasLtMatmulAlgo_t GemmContext::Impl::choose(cublasLtMatmulDesc_t op, cublasLt
     };
     if (run() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that refuses these pointers is skipped
     cudaEventRecord(start, stream);
-    for (int r = 0; r < 3; ++r) run();
+    run();
     cudaEventRecord(stop, stream);
     float ms = INFINITY;
     if (cudaEventSynchronize(stop) == cudaSuccess) cudaEventElapsedTime(&ms, start, stop);
@@ -187,14 +190,20 @@ void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* 
   check_blas(cublasLtMatrixLayoutCreate(&b, blas_type(wt), uint64_t(K), uint64_t(M), K), "matrix layout");
   check_blas(cublasLtMatrixLayoutCreate(&c, blas_type(yt), uint64_t(N), uint64_t(M), N), "matrix layout");
 
-  const Key key{M, N, K, int(wt), int(yt), int(epilogue), accumulate};
+  int64_t rows = 1;
+  while (rows < M) rows *= 2;
+  const Key key{rows, N, K, int(wt), int(yt), int(epilogue), accumulate};
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   auto it = algos.find(key);
-  if (it == algos.end()) {
+  if (it == algos.end())
     it = algos.emplace(key, choose(op, a, b, c, x, M, W, N, yt, alpha, beta, stream)).first;
-  }
-  const cublasStatus_t s = cublasLtMatmul(handle, op, &alpha, W, a, x, b, &beta, y, c, y, c, &it->second,
-                                          workspace, kWorkspaceBytes, stream);
+  cublasLtMatmulAlgo_t algo = it->second;
+  cublasLtMatmulHeuristicResult_t fits{};
+  if (cublasLtMatmulAlgoCheck(handle, op, a, b, c, c, &algo, &fits) != CUBLAS_STATUS_SUCCESS ||
+      fits.workspaceSize > kWorkspaceBytes)
+    algo = choose(op, a, b, c, x, M, W, N, yt, alpha, beta, stream, /*time_candidates=*/false);
+  const cublasStatus_t s = cublasLtMatmul(handle, op, &alpha, W, a, x, b, &beta, y, c, y, c, &algo, workspace,
+                                          kWorkspaceBytes, stream);
   check_blas(s, "cublasLtMatmul");
 }
 
