@@ -1,19 +1,19 @@
-// Decode-sized linear layers (at most kGemvMaxRows input rows): a hand-written GEMV, because cuBLASLt's
-// kernels for M <= 8 do not stream the weight matrix at the memory's speed.
+// Decode-sized linear layers (kGemvMaxRows = one input row): a hand-written GEMV, because cuBLASLt's kernels
+// for a single row do not stream the weight matrix at the memory's speed.
 //
 // Each warp computes whole output features, two at a time; its lanes walk both weight rows with 16-byte loads
-// (kChunk per row in flight per lane, streamed past L1) and dot them with every input row. The grid is one
-// wave of at most kBlocksPerSm blocks per SM and every warp owns the same number of features (n, n + warps,
-// ...), so no block pays the prologue twice and no wave is left half empty. The first chunk of a warp's first
-// pair is loaded before pdl_wait(): weights never change, so under programmatic dependent launch those loads
-// overlap the end of the previous kernel; the next pair's first chunk is loaded before the current pair's
-// reduction and epilogue.
+// (streamed past L1) and dot them with the input row. A warp's work is a sequence of chunks (kChunk loads per
+// lane and row); two register buffers alternate so the next chunk is in flight while the current one is
+// multiplied, across feature boundaries too. The grid is one wave of at most kBlocksPerSm blocks per SM and
+// every warp owns the same number of features (n, n + warps, ...), so no block pays the prologue twice and no
+// wave is left half empty. The first chunk is loaded before pdl_wait(): weights never change, so under
+// programmatic dependent launch those loads may overlap the end of the previous kernel.
 //
-// The input rows are staged in shared memory in the weight dtype, and on the way in they may be gathered
-// (row m = x[rows[m]]: the decode step's take_outputs) and normalised (LayerNorm / RMSNorm, the definition of
-// norm() in norm.cu: two-pass fp32 statistics, then gamma, beta, out_scale and rounding to the weight dtype).
-// So a norm followed by the linear it feeds is one kernel, and neither the gathered nor the normalised rows
-// are written to device memory. Inputs too large to stage are read from global memory (through L1) instead.
+// An input that is gathered (row m = x[rows[m]]: the decode step's take_outputs), normalised (LayerNorm /
+// RMSNorm with the definition of norm() in norm.cu: two-pass fp32 statistics, then gamma, beta, out_scale and
+// rounding to the weight dtype) or converted is staged in shared memory in the weight dtype. So a norm
+// followed by the linear it feeds is one kernel, and neither the gathered nor the normalised row is written
+// to device memory. Plain rows in the weight dtype are read in place (through L1).
 //
 // The epilogue adds the bias, applies the activation (or the gate of a gated FFN: act(x·W[n]) * (x·W[n+F])),
 // and writes or adds (residual) the result in the output dtype. Accumulation is fp32 throughout.
@@ -27,10 +27,10 @@ namespace kestrel::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;  // output features per block
+constexpr int kWarps = 8;  // warps per block
 constexpr int kThreads = kWarps * 32;
-constexpr int kChunk =
-    4;  // 16-byte loads per lane and weight row in one chunk (two rows, two chunks in flight)
+// 16-byte loads per lane and weight row in one chunk (two rows at a time, two chunks in flight).
+constexpr int kChunk = 4;
 constexpr size_t kMaxStageBytes = size_t(96) << 10;
 constexpr int kBlocksPerSm = 2;
 
