@@ -1,7 +1,7 @@
 #pragma once
 // The CUDA Session: runs the same Plan as CpuSession on one NVIDIA GPU, in fp32, fp16 or bf16.
 //  - Memory is planned once, up front, from --max-batch and --max-length: weights (converted to the compute
-//    dtype), every activation buffer, the KV caches of max_batch rows, and the GEMM workspace, as one
+//    dtype, or fp32 where calibration says so), every activation buffer, the KV caches of max_batch rows, and the GEMM workspace, as one
 //    allocation. If it does not fit in the GPU's free memory the constructor fails before any work, naming
 //    the sizes.
 //  - In fp16, a calibration pass decides which tensors stay out of fp16 (runtime/calibration.h).
@@ -12,8 +12,8 @@
 //    reorder() (beam search) copies only rows that are duplicated.
 //  - A decode step (every row fed one token, last-position logits) is captured once per (batch, split) shape
 //    in a CUDA graph and replayed; per step the host uploads one small block of token metadata. Its kernels
-//    run under programmatic dependent launch (kernels/cuda/launch.cuh); each norm runs inside the GEMV it
-//    feeds and the KV-cache store inside attention, so a GPT-2 layer is five kernels.
+//    run under programmatic dependent launch (kernels/cuda/launch.cuh); the KV-cache store runs inside
+//    attention and, at batch 1, each norm inside the GEMV it feeds, so a GPT-2 layer is five kernels.
 //  - Greedy decoding can stay on the GPU: greedy_start / greedy_step return only the argmax ids.
 // Without KESTREL_HAVE_CUDA (no nvcc at configure time) this header still compiles, and open_cuda_session
 // fails with a clear message.
