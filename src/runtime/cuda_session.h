@@ -1,9 +1,9 @@
 #pragma once
 // The CUDA Session: runs the same Plan as CpuSession on one NVIDIA GPU, in fp32, fp16 or bf16.
 //  - Memory is planned once, up front, from --max-batch and --max-length: weights (converted to the compute
-//    dtype, or fp32 where calibration says so), every activation buffer, the KV caches of max_batch rows, and the GEMM workspace, as one
-//    allocation. If it does not fit in the GPU's free memory the constructor fails before any work, naming
-//    the sizes.
+//    dtype, or fp32 where calibration says so), every activation buffer, the KV caches of max_batch rows, and
+//    the GEMM workspace, as one allocation. If it does not fit in the GPU's free memory the constructor fails
+//    before any work, naming the sizes.
 //  - In fp16, a calibration pass decides which tensors stay out of fp16 (runtime/calibration.h).
 //  - The residual stream (Embed / residual Linear outputs) and the logits stay fp32 whatever the precision;
 //    GEMMs that add into the residual stream accumulate in fp32 straight into it (cuBLASLt beta = 1, or the
