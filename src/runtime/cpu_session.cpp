@@ -7,35 +7,10 @@
 
 #include "core/error.h"
 #include "kernels/cpu/ops.h"
+#include "runtime/kernel_act.h"
 #include "runtime/token_checks.h"
 
 namespace kestrel {
-
-namespace {
-
-cpu::Act to_kernel_act(Activation a) {
-  switch (a) {
-    case Activation::GeluTanh:
-      return cpu::Act::GeluTanh;
-    case Activation::GeluErf:
-      return cpu::Act::GeluErf;
-    case Activation::QuickGelu:
-      return cpu::Act::QuickGelu;
-    case Activation::Relu:
-      return cpu::Act::Relu;
-    case Activation::Silu:
-      return cpu::Act::Silu;
-    case Activation::Tanh:
-      return cpu::Act::Tanh;
-    case Activation::Sigmoid:
-      return cpu::Act::Sigmoid;
-    case Activation::Linear:
-      return cpu::Act::Identity;
-  }
-  internal_error("unknown activation");
-}
-
-}  // namespace
 
 CpuSession::CpuSession(const Model& model, const SessionOptions& options)
     : model_(model),

@@ -44,6 +44,7 @@ std::unique_ptr<Session> open_cuda_session(const Model&, const SessionOptions&, 
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
 #include "runtime/calibration.h"
+#include "runtime/kernel_act.h"
 #include "runtime/token_checks.h"
 
 namespace kestrel {
@@ -66,28 +67,6 @@ std::string gib(size_t bytes) {
   char s[32];
   std::snprintf(s, sizeof s, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
   return s;
-}
-
-cuda::Act to_kernel_act(Activation a) {
-  switch (a) {
-    case Activation::GeluTanh:
-      return cuda::Act::GeluTanh;
-    case Activation::GeluErf:
-      return cuda::Act::GeluErf;
-    case Activation::QuickGelu:
-      return cuda::Act::QuickGelu;
-    case Activation::Relu:
-      return cuda::Act::Relu;
-    case Activation::Silu:
-      return cuda::Act::Silu;
-    case Activation::Tanh:
-      return cuda::Act::Tanh;
-    case Activation::Sigmoid:
-      return cuda::Act::Sigmoid;
-    case Activation::Linear:
-      return cuda::Act::Identity;
-  }
-  internal_error("unknown activation");
 }
 
 // The per-forward token metadata, one int32 block uploaded with a single copy. Offsets are in int32 elements.

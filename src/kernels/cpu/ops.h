@@ -5,12 +5,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/act.h"
+
 namespace kestrel::cpu {
 
-// Sets the compute thread count (OpenMP loops and the GEMM split); n <= 0 leaves OpenMP's default (all cores).
+// Sets the compute thread count (OpenMP loops and the GEMM split); n <= 0 leaves OpenMP's default (all
+// cores).
 void set_threads(int n);
 
-enum class Act { Identity, GeluTanh, GeluErf, QuickGelu, Relu, Silu, Tanh, Sigmoid };
+using Act = kernels::Act;
 float activate(Act act, float x);  // scalar form, the definition the vector loops use
 
 // y[M,N] = act(x[M,K] · W[N,K]ᵀ + bias[N]); bias may be null. With `residual`, y += that instead (the

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "core/dtype.h"
+#include "kernels/act.h"
 
 struct CUstream_st;
 
@@ -15,7 +16,7 @@ namespace kestrel::cuda {
 
 using Stream = CUstream_st*;
 
-enum class Act { Identity, GeluTanh, GeluErf, QuickGelu, Relu, Silu, Tanh, Sigmoid };
+using Act = kernels::Act;
 
 // Throws kestrel::Error naming `what` when a CUDA runtime call failed (also the last launch error).
 void check(int cuda_error, const char* what);
