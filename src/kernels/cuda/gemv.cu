@@ -342,14 +342,6 @@ void launch(const GemvParams& p, cudaStream_t stream) {
   launch_pdl(kernel, dim3(blocks_for(warps, kWarps)), dim3(kThreads), smem, stream, p);
 }
 
-template <typename T, typename TX, typename TY, bool kStaged, bool kGated>
-void launch_rows(const GemvParams& p, cudaStream_t stream) {
-  if (p.M == 1)
-    launch<T, TX, TY, kStaged, kGated, 1>(p, stream);
-  else
-    launch<T, TX, TY, kStaged, kGated, kGemvMaxRows>(p, stream);
-}
-
 }  // namespace
 
 bool gemv_stages_input(int64_t M, int64_t K, DType wt) {
@@ -377,11 +369,11 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
       auto go = [&](auto y_tag) {
         using TY = decltype(y_tag);
         if (staged)
-          gated ? launch_rows<T, TX, TY, true, true>(p, stream)
-                : launch_rows<T, TX, TY, true, false>(p, stream);
+          gated ? launch<T, TX, TY, true, true, kGemvMaxRows>(p, stream)
+                : launch<T, TX, TY, true, false, kGemvMaxRows>(p, stream);
         else
-          gated ? launch_rows<T, T, TY, false, true>(p, stream)
-                : launch_rows<T, T, TY, false, false>(p, stream);
+          gated ? launch<T, T, TY, false, true, kGemvMaxRows>(p, stream)
+                : launch<T, T, TY, false, false, kGemvMaxRows>(p, stream);
       };
       if (yt == DType::F32)
         go(float{});
