@@ -26,11 +26,11 @@ double Sampler::uniform() {
   return double(engine_() >> 11) * 0x1.0p-53;
 }
 
-int64_t Sampler::categorical(std::span<const double> probs) {
+int64_t Sampler::categorical(std::span<const double> probs, double u) {
   double total = 0;
   for (double p : probs) total += p;
   if (!(total > 0)) internal_error("sampling from a distribution with no mass");
-  const double target = uniform() * total;
+  const double target = u * total;
   double cumulative = 0;
   int64_t last_positive = -1;
   for (size_t i = 0; i < probs.size(); ++i) {

@@ -112,6 +112,11 @@ struct CudaSession::Impl {
   float* gate_scratch = nullptr;
   float* partials = nullptr;
   int* split_counters = nullptr;
+  // Device-side token choice: the uploaded block (CudaSession::choice_block_bytes), its pinned host staging,
+  // and max_batch rows of scores to process.
+  char* choice_dev = nullptr;
+  char* choice_host = nullptr;
+  float* choice_work = nullptr;
 
   void* carve(size_t bytes) {
     if (arena_used + align_up(bytes) > arena_size) internal_error("CUDA memory plan under-counted");
@@ -242,6 +247,7 @@ CudaSession::~CudaSession() {
   if (impl_->arena) cudaFree(impl_->arena);
   if (impl_->meta_host) cudaFreeHost(impl_->meta_host);
   if (impl_->ids_host) cudaFreeHost(impl_->ids_host);
+  if (impl_->choice_host) cudaFreeHost(impl_->choice_host);
 }
 
 void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const Op*, DType>& linear_wt) {
@@ -341,7 +347,8 @@ void CudaSession::plan_memory(size_t weight_bytes) {
       if (op.kind == OpKind::PositionBias) luts += align_up(size_t(2 * max_length_ + 1) * 4);
   impl_->meta = MetaLayout(max_tokens_, max_out_rows_, max_batch_);
   const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4) +
-                      align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8);
+                      align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8) + align_up(choice_block_bytes()) +
+                      align_up(size_t(max_batch_ * vocab_) * 4);
   const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
                        align_up(partials) + align_up(counters) + luts + meta;
   planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
@@ -381,6 +388,9 @@ void CudaSession::plan_memory(size_t weight_bytes) {
         "pinned memory");
   check(cudaMallocHost(reinterpret_cast<void**>(&impl_->ids_host), size_t(max_out_rows_) * 4),
         "pinned memory");
+  impl_->choice_dev = static_cast<char*>(impl_->carve(choice_block_bytes()));
+  impl_->choice_work = static_cast<float*>(impl_->carve(size_t(max_batch_ * vocab_) * 4));
+  check(cudaMallocHost(reinterpret_cast<void**>(&impl_->choice_host), choice_block_bytes()), "pinned memory");
   std::memset(impl_->meta_host, 0, size_t(impl_->meta.total) * 4);
 
   // Relative-position buckets, computed once on the host with the CPU definition so both backends agree
@@ -496,13 +506,12 @@ void CudaSession::check_tokens(const TokenRows& rows, const char* what, bool dec
   check_token_rows(rows, what, vocab_, cached, plan_.max_positions, max_length_);
 }
 
-void CudaSession::begin(const TokenRows& rows, const TokenRows& decoder_prefix, std::vector<float>* logits,
-                        std::vector<int64_t>* ids, bool all_positions) {
+void CudaSession::begin(const TokenRows& rows, const TokenRows& decoder_prefix, Want want,
+                        const Outputs& outputs, bool all_positions) {
   if (rows.empty()) fail("start: no rows given");
   if (int64_t(rows.size()) > max_batch_)
     fail("start: " + std::to_string(rows.size()) + " rows exceed the session's --max-batch of " +
          std::to_string(max_batch_));
-  const Want want = logits ? Want::Logits : Want::Ids;
   rows_.clear();
   auto fresh_rows = [&] {
     rows_.assign(rows.size(), RowState{});
@@ -513,7 +522,7 @@ void CudaSession::begin(const TokenRows& rows, const TokenRows& decoder_prefix, 
       fail("start: a decoder prefix is only meaningful for encoder-decoder models");
     check_tokens(rows, "prompt", true);
     fresh_rows();
-    forward(decoder_, rows, false, all_positions, want, logits, ids);
+    forward(decoder_, rows, false, all_positions, want, outputs);
     return;
   }
   TokenRows prefix = decoder_prefix;
@@ -524,20 +533,20 @@ void CudaSession::begin(const TokenRows& rows, const TokenRows& decoder_prefix, 
   check_tokens(rows, "encoder input", false);
   check_tokens(prefix, "decoder prefix", true);
   fresh_rows();
-  forward(encoder_, rows, true, false, Want::Nothing, nullptr, nullptr);
-  forward(decoder_, prefix, false, all_positions, want, logits, ids);
+  forward(encoder_, rows, true, false, Want::Nothing, Outputs{});
+  forward(decoder_, prefix, false, all_positions, want, outputs);
 }
 
 std::vector<float> CudaSession::start(const TokenRows& rows, const TokenRows& decoder_prefix,
                                       bool all_positions) {
   std::vector<float> logits;
-  begin(rows, decoder_prefix, &logits, nullptr, all_positions);
+  begin(rows, decoder_prefix, Want::Logits, {.logits = &logits}, all_positions);
   return logits;
 }
 
 std::vector<int64_t> CudaSession::greedy_start(const TokenRows& rows, const TokenRows& decoder_prefix) {
   std::vector<int64_t> ids;
-  begin(rows, decoder_prefix, nullptr, &ids, false);
+  begin(rows, decoder_prefix, Want::Ids, {.ids = &ids}, false);
   return ids;
 }
 
@@ -548,7 +557,7 @@ std::vector<float> CudaSession::step(const TokenRows& tokens, bool all_positions
          std::to_string(rows_.size()));
   check_tokens(tokens, "step", true);
   std::vector<float> logits;
-  forward(decoder_, tokens, false, all_positions, Want::Logits, &logits, nullptr);
+  forward(decoder_, tokens, false, all_positions, Want::Logits, {.logits = &logits});
   return logits;
 }
 
@@ -562,8 +571,103 @@ std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_t
   for (int64_t t : next_tokens) tokens.push_back({t});
   check_tokens(tokens, "step", true);
   std::vector<int64_t> ids;
-  forward(decoder_, tokens, false, false, Want::Ids, nullptr, &ids);
+  forward(decoder_, tokens, false, false, Want::Ids, {.ids = &ids});
   return ids;
+}
+
+bool CudaSession::chooses_tokens(const TokenChoice& choice) const {
+  // Top-p sorts its candidates in shared memory: it needs a top-k that leaves few enough of them.
+  const bool top_p_fits = choice.top_p >= 1.0 || (choice.top_k > 0 && choice.top_k <= cuda::kMaxSorted / 2);
+  return top_p_fits && int64_t(choice.eos_token_ids.size()) <= kMaxChoiceEos;
+}
+
+CudaSession::Want CudaSession::want_for(const TokenChoice& choice, int64_t batch) {
+  bool plain = !choice.sample && choice.repetition_penalty == 1.0f && int64_t(choice.rows.size()) == batch;
+  for (size_t r = 0; r < choice.rows.size() && plain; ++r)
+    plain = !choice.rows[r].suppress_eos && choice.rows[r].logits_row == int64_t(r);
+  return plain ? Want::Ids : Want::Choose;
+}
+
+std::vector<int64_t> CudaSession::start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,
+                                                   const TokenChoice& choice) {
+  std::vector<int64_t> ids;
+  begin(rows, decoder_prefix, want_for(choice, int64_t(rows.size())), {.ids = &ids, .choice = &choice}, false);
+  return ids;
+}
+
+std::vector<int64_t> CudaSession::step_and_choose(const TokenRows& tokens, const TokenChoice& choice) {
+  if (rows_.empty()) fail("step: call start() first");
+  if (tokens.size() != rows_.size())
+    fail("step: " + std::to_string(tokens.size()) + " rows of tokens for a batch of " +
+         std::to_string(rows_.size()));
+  check_tokens(tokens, "step", true);
+  std::vector<int64_t> ids;
+  forward(decoder_, tokens, false, false, want_for(choice, int64_t(tokens.size())),
+          {.ids = &ids, .choice = &choice});
+  return ids;
+}
+
+std::vector<float> CudaSession::last_logits(int64_t row) const {
+  check_row_index(row, last_out_rows_, "last_logits: row");
+  const Buffer& out = buffers_[size_t(decoder_.back().out)];
+  std::vector<float> logits(size_t(out.width));
+  check(cudaMemcpy(logits.data(), static_cast<const float*>(out.data) + row * out.width, logits.size() * 4,
+                   cudaMemcpyDeviceToHost),
+        "reading logits");
+  return logits;
+}
+
+size_t CudaSession::choice_rows_bytes() const {
+  return align_up(size_t(max_batch_) * sizeof(cuda::ChooseRow));
+}
+
+size_t CudaSession::choice_block_bytes() const {
+  return choice_rows_bytes() + size_t(max_batch_ * max_length_ + kMaxChoiceEos) * 4;
+}
+
+void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
+  const int64_t R = int64_t(choice.rows.size());
+  if (R == 0 || R > max_batch_)
+    fail("choosing tokens for " + std::to_string(R) + " rows; the session holds at most --max-batch " +
+         std::to_string(max_batch_));
+  // Host staging, in the device block's layout: rows, then the histories one after another, then eos ids.
+  auto* rows = reinterpret_cast<cuda::ChooseRow*>(impl_->choice_host);
+  auto* history = reinterpret_cast<int32_t*>(impl_->choice_host + choice_rows_bytes());
+  int64_t used = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    const TokenChoice::Row& in = choice.rows[size_t(r)];
+    check_row_index(in.logits_row, out_rows, "choosing tokens: logits row");
+    const int64_t n = choice.repetition_penalty != 1.0f ? int64_t(in.history.size()) : 0;
+    if (n > max_length_) internal_error("choosing tokens: a history longer than --max-length");
+    rows[r] = {int32_t(in.logits_row), int32_t(used), int32_t(n), in.suppress_eos ? 1 : 0, in.uniform};
+    for (int64_t i = 0; i < n; ++i) history[used + i] = int32_t(in.history[size_t(i)]);
+    used += n;
+  }
+  for (size_t e = 0; e < choice.eos_token_ids.size(); ++e) history[used + int64_t(e)] = int32_t(choice.eos_token_ids[e]);
+  cudaStream_t s = impl_->stream;
+  const size_t bytes = choice_rows_bytes() + size_t(used + int64_t(choice.eos_token_ids.size())) * 4;
+  check(cudaMemcpyAsync(impl_->choice_dev, impl_->choice_host, bytes, cudaMemcpyHostToDevice, s),
+        "uploading the token choice");
+
+  cuda::ChooseArgs a;
+  a.logits = static_cast<const float*>(buffers_[size_t(decoder_.back().out)].data);
+  a.V = vocab_;
+  a.R = R;
+  a.rows = reinterpret_cast<const cuda::ChooseRow*>(impl_->choice_dev);
+  a.history = reinterpret_cast<const int32_t*>(impl_->choice_dev + choice_rows_bytes());
+  a.eos = a.history + used;
+  a.n_eos = int(choice.eos_token_ids.size());
+  a.sample = choice.sample;
+  a.repetition_penalty = choice.repetition_penalty;
+  a.temperature = choice.temperature;
+  // As apply_top_k: k is at least min_tokens_to_keep; at or above the vocabulary it removes nothing.
+  a.top_k = choice.top_k != 0 ? int(std::min<int64_t>(std::max(choice.top_k, choice.min_tokens_to_keep), vocab_)) : 0;
+  a.top_p = choice.top_p < 1.0;
+  a.top_p_threshold = float(1.0 - choice.top_p);
+  a.min_keep = int(choice.min_tokens_to_keep);
+  a.work = impl_->choice_work;
+  a.ids = impl_->ids_dev;
+  cuda::choose_tokens(a, s);
 }
 
 void CudaSession::reorder(const std::vector<int64_t>& src_rows) {
@@ -625,8 +729,7 @@ int CudaSession::choose_splits(int64_t T, int64_t heads, int64_t max_keys) const
 }
 
 void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder,
-                          bool all_positions, Want want, std::vector<float>* logits,
-                          std::vector<int64_t>* ids) {
+                          bool all_positions, Want want, const Outputs& outputs) {
   const MetaLayout& L = impl_->meta;
   int32_t* m = impl_->meta_host;
   const int64_t B = int64_t(tokens.size());
@@ -702,17 +805,21 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
     run_program(program, pass);
     if (want == Want::Ids) argmax();
   }
+  if (!encoder) last_out_rows_ = out_rows;
+  if (want == Want::Choose) enqueue_choice(*outputs.choice, out_rows);
 
-  if (want == Want::Ids) {
-    check(cudaMemcpyAsync(impl_->ids_host, impl_->ids_dev, size_t(out_rows) * 4, cudaMemcpyDeviceToHost, s),
+  const int64_t ids_count = want == Want::Choose ? int64_t(outputs.choice->rows.size()) : out_rows;
+  if (want == Want::Ids || want == Want::Choose) {
+    check(cudaMemcpyAsync(impl_->ids_host, impl_->ids_dev, size_t(ids_count) * 4, cudaMemcpyDeviceToHost, s),
           "reading token ids");
   }
   check(cudaStreamSynchronize(s), encoder ? "encoder forward" : "decoder forward");
   if (want == Want::Logits) {
-    logits->resize(size_t(out_rows * out.width));
-    check(cudaMemcpy(logits->data(), out.data, logits->size() * 4, cudaMemcpyDeviceToHost), "reading logits");
-  } else if (want == Want::Ids) {
-    ids->assign(impl_->ids_host, impl_->ids_host + out_rows);
+    outputs.logits->resize(size_t(out_rows * out.width));
+    check(cudaMemcpy(outputs.logits->data(), out.data, outputs.logits->size() * 4, cudaMemcpyDeviceToHost),
+          "reading logits");
+  } else if (want == Want::Ids || want == Want::Choose) {
+    outputs.ids->assign(impl_->ids_host, impl_->ids_host + ids_count);
   }
 
   for (int64_t b = 0; b < B; ++b) {

@@ -14,7 +14,10 @@
 //    in a CUDA graph and replayed; per step the host uploads one small block of token metadata. Its kernels
 //    run under programmatic dependent launch (kernels/cuda/launch.cuh); the KV-cache store runs inside
 //    attention and, at batch 1, each norm inside the GEMV it feeds, so a GPT-2 layer is five kernels.
-//  - Greedy decoding can stay on the GPU: greedy_start / greedy_step return only the argmax ids.
+//  - Token choice stays on the GPU (chooses_tokens): greedy, and sampling with repetition penalty, minimum
+//    length, temperature, top-k and top-p (top-p when top-k leaves at most cuda::kMaxSorted candidates), by
+//    kernels/cuda/choose.cu; plain greedy is an argmax inside the decode step's graph. Per token the host
+//    reads back only the ids. greedy_start / greedy_step are that plain greedy path for tools.
 // Without KESTREL_HAVE_CUDA (no nvcc at configure time) this header still compiles, and open_cuda_session
 // fails with a clear message.
 #include <cstdint>
@@ -67,6 +70,11 @@ class CudaSession final : public Session {
   void reorder(const std::vector<int64_t>& src_rows) override;
   int64_t batch_size() const override { return int64_t(rows_.size()); }
   int64_t decoder_length(int64_t b) const override;
+  bool chooses_tokens(const TokenChoice& choice) const override;
+  std::vector<int64_t> start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,
+                                        const TokenChoice& choice) override;
+  std::vector<int64_t> step_and_choose(const TokenRows& tokens, const TokenChoice& choice) override;
+  std::vector<float> last_logits(int64_t row) const override;
 
   // Greedy decoding without logits leaving the GPU: the argmax id of each row's last position.
   std::vector<int64_t> greedy_start(const TokenRows& rows, const TokenRows& decoder_prefix = {});
@@ -112,7 +120,13 @@ class CudaSession final : public Session {
     const float* table = nullptr;  // [num_buckets, heads] fp32
     int32_t* bucket = nullptr;     // bucket of every relative distance in [-max_length, max_length]
   };
-  enum class Want { Logits, Ids, Nothing };
+  enum class Want { Logits, Ids, Choose, Nothing };
+  // What a forward hands back: logits, argmax ids, or the tokens `choice` picks.
+  struct Outputs {
+    std::vector<float>* logits = nullptr;
+    std::vector<int64_t>* ids = nullptr;
+    const TokenChoice* choice = nullptr;
+  };
 
   // fp16 only: measures activation ranges (runtime/calibration.h) and moves what would overflow out of fp16:
   // buffer dtypes into fp32, linear layers reading them into fp32 weights, or everything into bf16.
@@ -122,7 +136,12 @@ class CudaSession final : public Session {
   std::vector<BoundOp> bind(const std::vector<Op>& ops);
   void check_tokens(const TokenRows& rows, const char* what, bool decoder) const;
   void forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder, bool all_positions,
-               Want want, std::vector<float>* logits, std::vector<int64_t>* ids);
+               Want want, const Outputs& outputs);
+  // Uploads `choice` and enqueues the choose kernel over the logits of this forward's `out_rows` rows.
+  void enqueue_choice(const TokenChoice& choice, int64_t out_rows);
+  static constexpr int64_t kMaxChoiceEos = 64;  // eos ids a device-side choice takes
+  size_t choice_rows_bytes() const;              // the per-row part of the uploaded choice block
+  size_t choice_block_bytes() const;             // rows, histories and eos ids
   // How a forward runs: its tokens, rows of output, attention splits, and whether every row feeds exactly
   // one token (decode: the KV-cache store happens inside attention).
   struct Pass {
@@ -136,8 +155,10 @@ class CudaSession final : public Session {
   // number of ops consumed (0: not fused).
   size_t fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass);
   int choose_splits(int64_t T, int64_t heads, int64_t max_keys) const;
-  void begin(const TokenRows& rows, const TokenRows& decoder_prefix, std::vector<float>* logits,
-             std::vector<int64_t>* ids, bool all_positions);
+  void begin(const TokenRows& rows, const TokenRows& decoder_prefix, Want want, const Outputs& outputs,
+             bool all_positions);
+  // Plain greedy (argmax inside the decode graph) or the choose kernel.
+  static Want want_for(const TokenChoice& choice, int64_t batch);
   Buffer& buffer(int i) { return buffers_[size_t(i)]; }
 
   const Model& model_;
@@ -145,6 +166,7 @@ class CudaSession final : public Session {
   SessionOptions options_;
   DType compute_;
   int64_t vocab_ = 0, max_batch_ = 0, max_length_ = 0, max_tokens_ = 0, max_out_rows_ = 0;
+  int64_t last_out_rows_ = 0;  // rows of logits the last decoder forward left on the device
   int64_t heads_ = 0, head_dim_ = 0;
   int sm_count_ = 0;
   size_t planned_bytes_ = 0;

@@ -15,9 +15,33 @@
 #include <span>
 #include <vector>
 
+#include "core/error.h"
+
 namespace kestrel {
 
 using TokenRows = std::vector<std::vector<int64_t>>;
+
+// What a backend needs to pick each row's next token itself, so that only token ids leave it (CUDA): the
+// greedy / sampling processors of transformers (generate/logits_processors.h), except no-repeat n-grams.
+// generate/ fills it from its GenerationConfig.
+struct TokenChoice {
+  bool sample = false;
+  float repetition_penalty = 1.0f, temperature = 1.0f;
+  int64_t top_k = 0;  // 0: off
+  double top_p = 1.0;
+  int64_t min_tokens_to_keep = 1;
+  std::vector<int64_t> eos_token_ids;
+  struct Row {
+    int64_t logits_row = 0;             // the row of this forward's logits it picks from
+    std::span<const int64_t> history;   // its decoder sequence so far (repetition penalty)
+    bool suppress_eos = false;          // shorter than its minimum length
+    double uniform = 0.0;               // sampling: its draw in [0, 1)
+  };
+  std::vector<Row> rows;
+  // A picked token of kNothingLeft: every score was filtered out. kChooseOnHost: the backend could not for
+  // this row; process last_logits(row.logits_row) on the host instead.
+  static constexpr int64_t kNothingLeft = -1, kChooseOnHost = -2;
+};
 
 class Session {
  public:
@@ -36,6 +60,20 @@ class Session {
   virtual int64_t batch_size() const = 0;
   // Decoder tokens fed so far for row b (prompt + generated for GPT-2; prefix + generated for T5).
   virtual int64_t decoder_length(int64_t b) const = 0;
+
+  // Backends that pick tokens themselves return true for the choices they support; start_and_choose and
+  // step_and_choose then run start / step (one token a row, last positions) and return the token of each
+  // choice row, and last_logits reads a row of that forward's logits when a row came back kChooseOnHost.
+  virtual bool chooses_tokens(const TokenChoice&) const { return false; }
+  virtual std::vector<int64_t> start_and_choose(const TokenRows&, const TokenRows&, const TokenChoice&) {
+    internal_error("start_and_choose: this backend does not choose tokens");
+  }
+  virtual std::vector<int64_t> step_and_choose(const TokenRows&, const TokenChoice&) {
+    internal_error("step_and_choose: this backend does not choose tokens");
+  }
+  virtual std::vector<float> last_logits(int64_t) const {
+    internal_error("last_logits: this backend does not choose tokens");
+  }
 };
 
 }  // namespace kestrel

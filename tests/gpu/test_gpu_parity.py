@@ -230,3 +230,33 @@ def test_bad_options_give_clear_errors(models, tmp_path):
                         str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 1 and "--max-length" in r.stderr, r.stderr
 
+
+
+CLI = BUILD / "src" / "cli" / "kestrel"
+CHOICES = {
+    "greedy_penalty_min_length": ["--repetition-penalty", "1.5", "--min-new-tokens", "12"],
+    "sample_top_k_top_p": ["--do-sample", "--seed", "7", "--temperature", "0.8", "--top-k", "40", "--top-p", "0.9",
+                           "--repetition-penalty", "1.2", "--num-return-sequences", "3"],
+    "sample_plain": ["--do-sample", "--seed", "11", "--top-k", "0"],
+    "sample_full_vocab_top_p": ["--do-sample", "--seed", "5", "--top-k", "0", "--top-p", "0.7"],  # host path
+}
+
+
+@pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built")
+@pytest.mark.parametrize("choice", sorted(CHOICES))
+@pytest.mark.parametrize("arch", ["gpt2", "t5_gated"])
+def test_token_choice_on_gpu_equals_cpu(models, arch, choice):
+    """Greedy with processors and sampling picked on the GPU (kernels/cuda/choose.cu) give the CPU's tokens
+    for the same seed (fp32 logits differ only by rounding)."""
+    def run(*device):
+        r = subprocess.run([str(CLI), "generate", str(models[arch]), "--prompt-ids", "5,17,99,3", "--prompt-ids",
+                            "300,2", "--max-new-tokens", "24", "--json", *CHOICES[choice], *device],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return [(s["prompt"], s["ids"]) for s in json.loads(r.stdout)]
+    cpu = run("--device", "cpu")
+    gpu = run("--device", "cuda", "--precision", "fp32")
+    assert gpu == cpu
+    report(test="token_choice", arch=arch, choice=choice, sequences=len(gpu), tokens=sum(len(i) for _, i in gpu))
+    fp16 = run("--device", "cuda", "--precision", "fp16")
+    assert [p for p, _ in fp16] == [p for p, _ in cpu] and all(len(i) > 0 for _, i in fp16)

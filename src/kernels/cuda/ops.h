@@ -163,4 +163,34 @@ constexpr int64_t kArgmaxSlices = 64;
 void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, unsigned long long* scratch,
                  Stream stream);
 
+// The next token of each of R rows from fp32 logits [*, V], with transformers' greedy / sampling processors
+// (generate/logits_processors.cpp defines them; kernels/cuda/choose.cu says how each is done here). Row r
+// reads logits row rows[r].logits_row and writes ids[r]: the token, -1 when every score was filtered out, or
+// kChooseOnHost when top-p had more than kMaxSorted candidates (the caller then processes that row itself).
+constexpr int kMaxSorted = 1024;
+constexpr int32_t kChooseOnHost = -2;
+struct ChooseRow {
+  int32_t logits_row = 0;
+  int32_t history_begin = 0, history_count = 0;  // the row's decoder sequence in `history`
+  int32_t suppress_eos = 0;                      // below the minimum length: eos ids get -inf
+  double uniform = 0;                            // sampling: a draw in [0, 1)
+};
+struct ChooseArgs {
+  const float* logits = nullptr;
+  int64_t V = 0, R = 0;
+  const ChooseRow* rows = nullptr;   // device, R entries
+  const int32_t* history = nullptr;  // device
+  const int32_t* eos = nullptr;      // device, n_eos ids
+  int n_eos = 0;
+  bool sample = false;
+  float repetition_penalty = 1.0f, temperature = 1.0f;
+  int top_k = 0;  // 0: off; else already max(top_k, min_keep) and applied only when below V
+  bool top_p = false;
+  float top_p_threshold = 0.0f;  // float(1 - top_p), as the host compares it
+  int min_keep = 1;
+  float* work = nullptr;  // R * V floats
+  int32_t* ids = nullptr;
+};
+void choose_tokens(const ChooseArgs& a, Stream stream);
+
 }  // namespace kestrel::cuda
