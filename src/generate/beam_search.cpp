@@ -54,6 +54,11 @@ float length_normaliser(int64_t generated_length, double length_penalty) {
   return float(std::pow(double(generated_length), length_penalty));
 }
 
+Candidate candidate(const BeamState& st, const DecodeJob& job, int64_t beam, int64_t token, float score) {
+  const int64_t cur_len = int64_t(st.plan->decoder_prefix.size() + st.running[0].size());
+  return {beam, token, score, is_eos(job.config, token) || cur_len + 1 >= st.plan->max_length};
+}
+
 // Top K (or sampled K) continuations over all beams, best first.
 std::vector<Candidate> top_continuations(const BeamState& st, const DecodeJob& job,
                                          std::span<const float> acc, int64_t vocab, int64_t k,
@@ -73,41 +78,73 @@ std::vector<Candidate> top_continuations(const BeamState& st, const DecodeJob& j
   } else {
     picked = top_k_indices(acc, k);
   }
-  const int64_t cur_len = int64_t(st.plan->decoder_prefix.size() + st.running[0].size());
   std::vector<Candidate> out;
-  for (int64_t idx : picked) {
-    Candidate cand{idx / vocab, idx % vocab, acc[size_t(idx)], false};
-    cand.stops = is_eos(c, cand.token) || cur_len + 1 >= st.plan->max_length;
-    out.push_back(cand);
-  }
+  for (int64_t idx : picked) out.push_back(candidate(st, job, idx / vocab, idx % vocab, acc[size_t(idx)]));
   return out;
 }
 
-// One step of one prompt. `logits` holds its session rows; returns true when the prompt is done. `src_rows`
-// receives, for each beam that runs on, the session row (relative to the prompt's first) it continues.
-bool step_prompt(BeamState& st, const DecodeJob& job, const LogitsProcessorChain& process,
-                 std::span<const float> logits, int64_t vocab, Sampler& sampler,
-                 std::vector<int64_t>& src_rows) {
-  const GenerationConfig& c = job.config;
-  const int64_t beams = c.num_beams;
-  const int64_t k = std::max<int64_t>(2, 1 + int64_t(c.eos_token_ids.size())) * beams;
-  const int64_t prompt_length = int64_t(st.plan->decoder_prefix.size());
-  const int64_t cur_len = prompt_length + int64_t(st.running[0].size());
+// The same top K when the session ranked each beam's continuations itself (Session::chooses_tokens with
+// TokenChoice::candidates = K): the best K of the beams' lists, in top_k_indices' order over [beam, vocab].
+std::vector<Candidate> merge_ranked(const BeamState& st, const DecodeJob& job, const ChosenTokens& chosen,
+                                    size_t first_row, int64_t vocab, int64_t k) {
+  struct Ranked {
+    float score;
+    int64_t flat;
+  };
+  std::vector<Ranked> all;
+  for (int64_t b = 0; b < job.config.num_beams; ++b)
+    for (int64_t i = 0; i < k; ++i) {
+      const size_t at = (first_row + size_t(b)) * size_t(k) + size_t(i);
+      if (chosen.tokens[at] >= 0) all.push_back({chosen.scores[at], b * vocab + chosen.tokens[at]});
+    }
+  std::stable_sort(all.begin(), all.end(), [](const Ranked& a, const Ranked& b) {
+    return a.score > b.score || (a.score == b.score && a.flat < b.flat);
+  });
+  if (int64_t(all.size()) > k) all.resize(size_t(k));
+  std::vector<Candidate> out;
+  for (const Ranked& r : all) out.push_back(candidate(st, job, r.flat / vocab, r.flat % vocab, r.score));
+  return out;
+}
 
+// Continuations each step keeps: enough that num_beams can go on when the best ones end.
+int64_t candidates_per_step(const GenerationConfig& c) {
+  return std::max<int64_t>(2, 1 + int64_t(c.eos_token_ids.size())) * c.num_beams;
+}
+
+// The decoder sequence beam b of a prompt continues (its processors' history).
+std::vector<int64_t> beam_history(const BeamState& st, int64_t b) {
+  std::vector<int64_t> history = st.plan->decoder_prefix;
+  history.insert(history.end(), st.running[size_t(b)].begin(), st.running[size_t(b)].end());
+  return history;
+}
+
+// The top K continuations of one prompt from the logits of its session rows, processed here.
+std::vector<Candidate> host_candidates(const BeamState& st, const DecodeJob& job,
+                                       const LogitsProcessorChain& process, std::span<const float> logits,
+                                       int64_t vocab, Sampler& sampler) {
+  const int64_t beams = job.config.num_beams;
   // Processed log-probs of every beam plus its running score, flattened [beam, vocab].
   std::vector<float> acc(size_t(beams * vocab));
-  std::vector<int64_t> history;
   for (int64_t b = 0; b < beams; ++b) {
     std::span<float> row(acc.data() + b * vocab, size_t(vocab));
     const int64_t session_row = st.session_rows == 1 ? 0 : b;
     std::copy_n(logits.begin() + session_row * vocab, vocab, row.begin());
-    history = st.plan->decoder_prefix;
-    history.insert(history.end(), st.running[size_t(b)].begin(), st.running[size_t(b)].end());
     log_softmax_inplace(row);
-    process(row, history, st.plan->min_length);
+    process(row, beam_history(st, b), st.plan->min_length);
     for (float& s : row) s += st.running_scores[size_t(b)];
   }
-  const std::vector<Candidate> cands = top_continuations(st, job, acc, vocab, k, sampler);
+  return top_continuations(st, job, acc, vocab, candidates_per_step(job.config), sampler);
+}
+
+// One step of one prompt with its top K continuations `cands`; returns true when the prompt is done.
+// `src_rows` receives, for each beam that runs on, the session row (relative to the prompt's first) it
+// continues.
+bool step_prompt(BeamState& st, const DecodeJob& job, const std::vector<Candidate>& cands,
+                 std::vector<int64_t>& src_rows) {
+  const GenerationConfig& c = job.config;
+  const int64_t beams = c.num_beams;
+  const int64_t prompt_length = int64_t(st.plan->decoder_prefix.size());
+  const int64_t cur_len = prompt_length + int64_t(st.running[0].size());
 
   // Beams that run on: the best candidates that did not stop.
   std::vector<float> running_scores(cands.size());
@@ -206,17 +243,59 @@ GenerationResult beam_search(const DecodeJob& job) {
   std::vector<size_t> live(states.size());  // states holding session rows, in row order
   for (size_t p = 0; p < live.size(); ++p) live[p] = p;
 
-  std::vector<float> logits = start_session(job);
+  // A session that ranks continuations itself (CUDA) returns each beam's top K with its running score added;
+  // otherwise every beam's logits come back and are processed here.
+  const int64_t k = candidates_per_step(c);
+  TokenChoice choice;
+  choice.repetition_penalty = float(c.repetition_penalty);
+  choice.eos_token_ids = c.eos_token_ids;
+  choice.candidates = k;
+  const bool on_session = !c.do_sample && c.no_repeat_ngram_size == 0 && job.session.chooses_tokens(choice);
+  std::vector<std::vector<int64_t>> histories;  // what the choice rows' spans point at
+  auto fill_choice = [&] {
+    choice.rows.clear();
+    histories.clear();
+    int64_t base = 0;
+    for (size_t s : live) {
+      const BeamState& st = states[s];
+      for (int64_t b = 0; b < beams; ++b) histories.push_back(beam_history(st, b));
+      for (int64_t b = 0; b < beams; ++b) {
+        const auto& history = histories[histories.size() - size_t(beams - b)];
+        const bool short_ = st.plan->min_length > 0 && int64_t(history.size()) < st.plan->min_length;
+        choice.rows.push_back({base + (st.session_rows == 1 ? 0 : b), history, short_, 0.0,
+                               st.running_scores[size_t(b)]});
+      }
+      base += st.session_rows;
+    }
+  };
+
+  std::vector<float> logits;
+  ChosenTokens ranked;
+  if (on_session) {
+    fill_choice();
+    TokenRows prefixes;
+    if (job.session.is_encoder_decoder())
+      for (const auto& p : job.plans) prefixes.push_back(p.decoder_prefix);
+    ranked = job.session.start_and_choose(job.prompts, prefixes, choice);
+  } else {
+    logits = start_session(job);
+  }
   while (!live.empty()) {
     std::vector<int64_t> reorder;
     TokenRows next_tokens;
     std::vector<size_t> still_live;
     int64_t base = 0;
     std::vector<int64_t> src_rows;
-    for (size_t s : live) {
+    for (size_t i = 0; i < live.size(); ++i) {
+      const size_t s = live[i];
       BeamState& st = states[s];
-      std::span<const float> rows(logits.data() + base * vocab, size_t(st.session_rows * vocab));
-      const bool done = step_prompt(st, job, process, rows, vocab, samplers[s], src_rows);
+      const std::vector<Candidate> cands =
+          on_session ? merge_ranked(st, job, ranked, i * size_t(beams), vocab, k)
+                     : host_candidates(st, job, process,
+                                       std::span<const float>(logits.data() + base * vocab,
+                                                              size_t(st.session_rows * vocab)),
+                                       vocab, samplers[s]);
+      const bool done = step_prompt(st, job, cands, src_rows);
       if (!done) {
         for (size_t j = 0; j < src_rows.size(); ++j) {
           reorder.push_back(base + src_rows[j]);
@@ -230,7 +309,12 @@ GenerationResult beam_search(const DecodeJob& job) {
     live = std::move(still_live);
     if (live.empty()) break;
     job.session.reorder(reorder);
-    logits = job.session.step(next_tokens);
+    if (on_session) {
+      fill_choice();
+      ranked = job.session.step_and_choose(next_tokens, choice);
+    } else {
+      logits = job.session.step(next_tokens);
+    }
   }
 
   for (const BeamState& st : states)

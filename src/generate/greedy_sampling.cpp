@@ -113,7 +113,7 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
     TokenRows prefixes;
     if (job.session.is_encoder_decoder())
       for (const auto& p : job.plans) prefixes.push_back(p.decoder_prefix);
-    tokens = job.session.start_and_choose(job.prompts, prefixes, choice);
+    tokens = job.session.start_and_choose(job.prompts, prefixes, choice).tokens;
   } else {
     logits = start_session(job);
   }
@@ -154,7 +154,7 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
     draw();
     if (on_session) {
       fill_choice(same_row);
-      tokens = job.session.step_and_choose(next, choice);
+      tokens = job.session.step_and_choose(next, choice).tokens;
     } else {
       logits = job.session.step(next);
     }

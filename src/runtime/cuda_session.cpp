@@ -117,6 +117,10 @@ struct CudaSession::Impl {
   char* choice_dev = nullptr;
   char* choice_host = nullptr;
   float* choice_work = nullptr;
+  int32_t* choice_ids = nullptr;  // [max_batch, kMaxCandidates]
+  float* candidate_scores = nullptr;
+  float* candidate_scores_host = nullptr;  // pinned
+  int32_t* choice_ids_host = nullptr;      // pinned
 
   void* carve(size_t bytes) {
     if (arena_used + align_up(bytes) > arena_size) internal_error("CUDA memory plan under-counted");
@@ -248,6 +252,8 @@ CudaSession::~CudaSession() {
   if (impl_->meta_host) cudaFreeHost(impl_->meta_host);
   if (impl_->ids_host) cudaFreeHost(impl_->ids_host);
   if (impl_->choice_host) cudaFreeHost(impl_->choice_host);
+  if (impl_->candidate_scores_host) cudaFreeHost(impl_->candidate_scores_host);
+  if (impl_->choice_ids_host) cudaFreeHost(impl_->choice_ids_host);
 }
 
 void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const Op*, DType>& linear_wt) {
@@ -348,7 +354,7 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   impl_->meta = MetaLayout(max_tokens_, max_out_rows_, max_batch_);
   const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4) +
                       align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8) + align_up(choice_block_bytes()) +
-                      align_up(size_t(max_batch_ * vocab_) * 4);
+                      align_up(size_t(max_batch_ * vocab_) * 4) + 2 * align_up(size_t(max_batch_ * kMaxCandidates) * 4);
   const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
                        align_up(partials) + align_up(counters) + luts + meta;
   planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
@@ -391,6 +397,11 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   impl_->choice_dev = static_cast<char*>(impl_->carve(choice_block_bytes()));
   impl_->choice_work = static_cast<float*>(impl_->carve(size_t(max_batch_ * vocab_) * 4));
   check(cudaMallocHost(reinterpret_cast<void**>(&impl_->choice_host), choice_block_bytes()), "pinned memory");
+  impl_->choice_ids = static_cast<int32_t*>(impl_->carve(size_t(max_batch_ * kMaxCandidates) * 4));
+  impl_->candidate_scores = static_cast<float*>(impl_->carve(size_t(max_batch_ * kMaxCandidates) * 4));
+  for (void** host : {reinterpret_cast<void**>(&impl_->candidate_scores_host),
+                      reinterpret_cast<void**>(&impl_->choice_ids_host)})
+    check(cudaMallocHost(host, size_t(max_batch_ * kMaxCandidates) * 4), "pinned memory");
   std::memset(impl_->meta_host, 0, size_t(impl_->meta.total) * 4);
 
   // Relative-position buckets, computed once on the host with the CPU definition so both backends agree
@@ -578,33 +589,37 @@ std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_t
 bool CudaSession::chooses_tokens(const TokenChoice& choice) const {
   // Top-p sorts its candidates in shared memory: it needs a top-k that leaves few enough of them.
   const bool top_p_fits = choice.top_p >= 1.0 || (choice.top_k > 0 && choice.top_k <= cuda::kMaxSorted / 2);
-  return top_p_fits && int64_t(choice.eos_token_ids.size()) <= kMaxChoiceEos;
+  // Beam candidates are ranked, not sampled.
+  const bool candidates_fit = choice.candidates <= kMaxCandidates && !(choice.candidates > 0 && choice.sample);
+  return top_p_fits && candidates_fit && int64_t(choice.eos_token_ids.size()) <= kMaxChoiceEos;
 }
 
 CudaSession::Want CudaSession::want_for(const TokenChoice& choice, int64_t batch) {
-  bool plain = !choice.sample && choice.repetition_penalty == 1.0f && int64_t(choice.rows.size()) == batch;
+  bool plain = !choice.sample && choice.candidates == 0 && choice.repetition_penalty == 1.0f &&
+               int64_t(choice.rows.size()) == batch;
   for (size_t r = 0; r < choice.rows.size() && plain; ++r)
     plain = !choice.rows[r].suppress_eos && choice.rows[r].logits_row == int64_t(r);
   return plain ? Want::Ids : Want::Choose;
 }
 
-std::vector<int64_t> CudaSession::start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,
-                                                   const TokenChoice& choice) {
-  std::vector<int64_t> ids;
-  begin(rows, decoder_prefix, want_for(choice, int64_t(rows.size())), {.ids = &ids, .choice = &choice}, false);
-  return ids;
+ChosenTokens CudaSession::start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,
+                                           const TokenChoice& choice) {
+  ChosenTokens out;
+  begin(rows, decoder_prefix, want_for(choice, int64_t(rows.size())),
+        {.ids = &out.tokens, .choice = &choice, .scores = &out.scores}, false);
+  return out;
 }
 
-std::vector<int64_t> CudaSession::step_and_choose(const TokenRows& tokens, const TokenChoice& choice) {
+ChosenTokens CudaSession::step_and_choose(const TokenRows& tokens, const TokenChoice& choice) {
   if (rows_.empty()) fail("step: call start() first");
   if (tokens.size() != rows_.size())
     fail("step: " + std::to_string(tokens.size()) + " rows of tokens for a batch of " +
          std::to_string(rows_.size()));
   check_tokens(tokens, "step", true);
-  std::vector<int64_t> ids;
+  ChosenTokens out;
   forward(decoder_, tokens, false, false, want_for(choice, int64_t(tokens.size())),
-          {.ids = &ids, .choice = &choice});
-  return ids;
+          {.ids = &out.tokens, .choice = &choice, .scores = &out.scores});
+  return out;
 }
 
 std::vector<float> CudaSession::last_logits(int64_t row) const {
@@ -627,6 +642,7 @@ size_t CudaSession::choice_block_bytes() const {
 
 void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
   const int64_t R = int64_t(choice.rows.size());
+  if (choice.candidates > kMaxCandidates) internal_error("choosing tokens: more candidates than kMaxCandidates");
   if (R == 0 || R > max_batch_)
     fail("choosing tokens for " + std::to_string(R) + " rows; the session holds at most --max-batch " +
          std::to_string(max_batch_));
@@ -639,7 +655,7 @@ void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
     check_row_index(in.logits_row, out_rows, "choosing tokens: logits row");
     const int64_t n = choice.repetition_penalty != 1.0f ? int64_t(in.history.size()) : 0;
     if (n > max_length_) internal_error("choosing tokens: a history longer than --max-length");
-    rows[r] = {int32_t(in.logits_row), int32_t(used), int32_t(n), in.suppress_eos ? 1 : 0, in.uniform};
+    rows[r] = {int32_t(in.logits_row), int32_t(used), int32_t(n), in.suppress_eos ? 1 : 0, in.uniform, in.add};
     for (int64_t i = 0; i < n; ++i) history[used + i] = int32_t(in.history[size_t(i)]);
     used += n;
   }
@@ -665,8 +681,10 @@ void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
   a.top_p = choice.top_p < 1.0;
   a.top_p_threshold = float(1.0 - choice.top_p);
   a.min_keep = int(choice.min_tokens_to_keep);
+  a.candidates = int(choice.candidates);
+  a.scores = impl_->candidate_scores;
   a.work = impl_->choice_work;
-  a.ids = impl_->ids_dev;
+  a.ids = impl_->choice_ids;
   cuda::choose_tokens(a, s);
 }
 
@@ -808,18 +826,28 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   if (!encoder) last_out_rows_ = out_rows;
   if (want == Want::Choose) enqueue_choice(*outputs.choice, out_rows);
 
-  const int64_t ids_count = want == Want::Choose ? int64_t(outputs.choice->rows.size()) : out_rows;
-  if (want == Want::Ids || want == Want::Choose) {
-    check(cudaMemcpyAsync(impl_->ids_host, impl_->ids_dev, size_t(ids_count) * 4, cudaMemcpyDeviceToHost, s),
+  // Ids: one a row from the argmax; Choose: one a choice row, or `candidates` of them with their scores.
+  const bool chose = want == Want::Choose;
+  const int64_t per_row = chose ? std::max<int64_t>(1, outputs.choice->candidates) : 1;
+  const int64_t ids_count = chose ? int64_t(outputs.choice->rows.size()) * per_row : out_rows;
+  int32_t* ids_host = chose ? impl_->choice_ids_host : impl_->ids_host;
+  if (want == Want::Ids || chose)
+    check(cudaMemcpyAsync(ids_host, chose ? impl_->choice_ids : impl_->ids_dev, size_t(ids_count) * 4,
+                          cudaMemcpyDeviceToHost, s),
           "reading token ids");
-  }
+  if (chose && outputs.choice->candidates > 0)
+    check(cudaMemcpyAsync(impl_->candidate_scores_host, impl_->candidate_scores, size_t(ids_count) * 4,
+                          cudaMemcpyDeviceToHost, s),
+          "reading candidate scores");
   check(cudaStreamSynchronize(s), encoder ? "encoder forward" : "decoder forward");
   if (want == Want::Logits) {
     outputs.logits->resize(size_t(out_rows * out.width));
     check(cudaMemcpy(outputs.logits->data(), out.data, outputs.logits->size() * 4, cudaMemcpyDeviceToHost),
           "reading logits");
-  } else if (want == Want::Ids || want == Want::Choose) {
-    outputs.ids->assign(impl_->ids_host, impl_->ids_host + ids_count);
+  } else if (want == Want::Ids || chose) {
+    outputs.ids->assign(ids_host, ids_host + ids_count);
+    if (chose && outputs.choice->candidates > 0)
+      outputs.scores->assign(impl_->candidate_scores_host, impl_->candidate_scores_host + ids_count);
   }
 
   for (int64_t b = 0; b < B; ++b) {

@@ -71,9 +71,9 @@ class CudaSession final : public Session {
   int64_t batch_size() const override { return int64_t(rows_.size()); }
   int64_t decoder_length(int64_t b) const override;
   bool chooses_tokens(const TokenChoice& choice) const override;
-  std::vector<int64_t> start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,
-                                        const TokenChoice& choice) override;
-  std::vector<int64_t> step_and_choose(const TokenRows& tokens, const TokenChoice& choice) override;
+  ChosenTokens start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,
+                                const TokenChoice& choice) override;
+  ChosenTokens step_and_choose(const TokenRows& tokens, const TokenChoice& choice) override;
   std::vector<float> last_logits(int64_t row) const override;
 
   // Greedy decoding without logits leaving the GPU: the argmax id of each row's last position.
@@ -126,6 +126,7 @@ class CudaSession final : public Session {
     std::vector<float>* logits = nullptr;
     std::vector<int64_t>* ids = nullptr;
     const TokenChoice* choice = nullptr;
+    std::vector<float>* scores = nullptr;  // with choice->candidates
   };
 
   // fp16 only: measures activation ranges (runtime/calibration.h) and moves what would overflow out of fp16:
@@ -140,6 +141,7 @@ class CudaSession final : public Session {
   // Uploads `choice` and enqueues the choose kernel over the logits of this forward's `out_rows` rows.
   void enqueue_choice(const TokenChoice& choice, int64_t out_rows);
   static constexpr int64_t kMaxChoiceEos = 64;  // eos ids a device-side choice takes
+  static constexpr int64_t kMaxCandidates = 64;  // beam candidates a row returns
   size_t choice_rows_bytes() const;              // the per-row part of the uploaded choice block
   size_t choice_block_bytes() const;             // rows, histories and eos ids
   // How a forward runs: its tokens, rows of output, attention splits, and whether every row feeds exactly

@@ -22,8 +22,8 @@ namespace kestrel {
 using TokenRows = std::vector<std::vector<int64_t>>;
 
 // What a backend needs to pick each row's next token itself, so that only token ids leave it (CUDA): the
-// greedy / sampling processors of transformers (generate/logits_processors.h), except no-repeat n-grams.
-// generate/ fills it from its GenerationConfig.
+// greedy / sampling processors of transformers (generate/logits_processors.h), except no-repeat n-grams; or,
+// for beam search, each row's best `candidates` continuations. generate/ fills it from its GenerationConfig.
 struct TokenChoice {
   bool sample = false;
   float repetition_penalty = 1.0f, temperature = 1.0f;
@@ -31,16 +31,27 @@ struct TokenChoice {
   double top_p = 1.0;
   int64_t min_tokens_to_keep = 1;
   std::vector<int64_t> eos_token_ids;
+  // Beam search (greedy): instead of one token, the best `candidates` of log_softmax, then the processors,
+  // plus Row::add, per row: best first, ties to the lower token (top_k_indices' order).
+  int64_t candidates = 0;
   struct Row {
     int64_t logits_row = 0;             // the row of this forward's logits it picks from
     std::span<const int64_t> history;   // its decoder sequence so far (repetition penalty)
     bool suppress_eos = false;          // shorter than its minimum length
     double uniform = 0.0;               // sampling: its draw in [0, 1)
+    float add = 0.0f;                   // candidates: the beam's running score
   };
   std::vector<Row> rows;
   // A picked token of kNothingLeft: every score was filtered out. kChooseOnHost: the backend could not for
   // this row; process last_logits(row.logits_row) on the host instead.
   static constexpr int64_t kNothingLeft = -1, kChooseOnHost = -2;
+};
+
+// What a backend chose: a token per row, or with candidates, rows * candidates tokens (-1 past the end of a
+// short vocabulary) and their scores.
+struct ChosenTokens {
+  std::vector<int64_t> tokens;
+  std::vector<float> scores;
 };
 
 class Session {
@@ -65,10 +76,10 @@ class Session {
   // step_and_choose then run start / step (one token a row, last positions) and return the token of each
   // choice row, and last_logits reads a row of that forward's logits when a row came back kChooseOnHost.
   virtual bool chooses_tokens(const TokenChoice&) const { return false; }
-  virtual std::vector<int64_t> start_and_choose(const TokenRows&, const TokenRows&, const TokenChoice&) {
+  virtual ChosenTokens start_and_choose(const TokenRows&, const TokenRows&, const TokenChoice&) {
     internal_error("start_and_choose: this backend does not choose tokens");
   }
-  virtual std::vector<int64_t> step_and_choose(const TokenRows&, const TokenChoice&) {
+  virtual ChosenTokens step_and_choose(const TokenRows&, const TokenChoice&) {
     internal_error("step_and_choose: this backend does not choose tokens");
   }
   virtual std::vector<float> last_logits(int64_t) const {

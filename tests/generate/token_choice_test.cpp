@@ -1,6 +1,7 @@
 // generate() through a session that picks tokens itself (Session::chooses_tokens, as CudaSession does on the
 // GPU): the same tokens as processing the logits on the host, for greedy decoding and sampling with every
-// processor a backend takes, with rows the backend hands back (kChooseOnHost) and several sequences a prompt.
+// processor a backend takes, with rows the backend hands back (kChooseOnHost), several sequences a prompt, and
+// beam search from each beam's ranked continuations.
 #include <gtest/gtest.h>
 
 #include "fake_session.h"
@@ -24,12 +25,11 @@ class ChoosingSession : public FakeSession {
       : FakeSession(kVocab, [](const auto& e, const auto& d) { return hashed_logits(e, d, kVocab); }) {}
 
   bool chooses_tokens(const TokenChoice&) const override { return true; }
-  std::vector<int64_t> start_and_choose(const TokenRows& rows, const TokenRows& prefix,
-                                        const TokenChoice& choice) override {
+  ChosenTokens start_and_choose(const TokenRows& rows, const TokenRows& prefix, const TokenChoice& choice) override {
     last_ = start(rows, prefix, false);
     return choose(choice);
   }
-  std::vector<int64_t> step_and_choose(const TokenRows& tokens, const TokenChoice& choice) override {
+  ChosenTokens step_and_choose(const TokenRows& tokens, const TokenChoice& choice) override {
     last_ = step(tokens, false);
     return choose(choice);
   }
@@ -39,29 +39,41 @@ class ChoosingSession : public FakeSession {
   int chosen = 0, handed_back = 0;
 
  private:
-  std::vector<int64_t> choose(const TokenChoice& c) {
-    std::vector<int64_t> ids;
+  ChosenTokens choose(const TokenChoice& c) {
+    ChosenTokens out;
     for (size_t r = 0; r < c.rows.size(); ++r) {
       const TokenChoice::Row& row = c.rows[r];
-      if ((chosen++ % 3) == 2) {
-        ++handed_back;
-        ids.push_back(TokenChoice::kChooseOnHost);
+      std::vector<float> s = last_logits(row.logits_row);
+      if (c.candidates > 0) {  // beam search: ranked continuations, never handed back
+        log_softmax_inplace(s);
+        if (c.repetition_penalty != 1.0f) apply_repetition_penalty(s, row.history, c.repetition_penalty);
+        if (row.suppress_eos) suppress_eos_below_min_length(s, 0, 1, c.eos_token_ids);
+        for (float& x : s) x += row.add;
+        for (int64_t t : top_k_indices(s, c.candidates)) {
+          out.tokens.push_back(t);
+          out.scores.push_back(s[size_t(t)]);
+        }
+        ++chosen;
         continue;
       }
-      std::vector<float> s = last_logits(row.logits_row);
+      if ((chosen++ % 3) == 2) {
+        ++handed_back;
+        out.tokens.push_back(TokenChoice::kChooseOnHost);
+        continue;
+      }
       if (c.repetition_penalty != 1.0f) apply_repetition_penalty(s, row.history, c.repetition_penalty);
       if (row.suppress_eos) suppress_eos_below_min_length(s, 0, 1, c.eos_token_ids);
       if (!c.sample) {
-        ids.push_back(argmax(s));
+        out.tokens.push_back(argmax(s));
         continue;
       }
       if (c.temperature != 1.0f) apply_temperature(s, c.temperature);
       if (c.top_k != 0) apply_top_k(s, c.top_k, c.min_tokens_to_keep);
       if (c.top_p < 1.0) apply_top_p(s, c.top_p, c.min_tokens_to_keep);
       std::vector<double> probs;
-      ids.push_back(softmax(s, probs) ? Sampler::categorical(probs, row.uniform) : TokenChoice::kNothingLeft);
+      out.tokens.push_back(softmax(s, probs) ? Sampler::categorical(probs, row.uniform) : TokenChoice::kNothingLeft);
     }
-    return ids;
+    return out;
   }
   std::vector<float> last_;
 };
@@ -115,6 +127,27 @@ TEST(TokenChoice, SeveralSequencesAPromptShareItsLogitsRow) {
   c.top_k = 0;
   c.num_return_sequences = 3;
   expect_same_as_host(c, kPrompts);
+}
+
+TEST(TokenChoice, BeamSearchFromRankedContinuations) {
+  for (int64_t beams : {2, 4}) {
+    auto c = config(false, 0);
+    c.num_beams = beams;
+    c.num_return_sequences = beams;
+    c.repetition_penalty = 1.4;
+    c.min_new_tokens = 3;
+    c.length_penalty = 0.8;
+    FakeSession host(kVocab, [](const auto& e, const auto& d) { return hashed_logits(e, d, kVocab); });
+    ChoosingSession device;
+    const auto want = generate(host, kPrompts, c);
+    const auto got = generate(device, kPrompts, c);
+    ASSERT_EQ(got.sequences.size(), want.sequences.size());
+    for (size_t i = 0; i < want.sequences.size(); ++i) {
+      EXPECT_EQ(got.sequences[i].tokens, want.sequences[i].tokens) << "beams " << beams << " sequence " << i;
+      EXPECT_EQ(got.sequences[i].score, want.sequences[i].score) << "beams " << beams << " sequence " << i;
+    }
+    EXPECT_GT(device.chosen, 0);
+  }
 }
 
 TEST(TokenChoice, NoRepeatNgramStaysOnTheHost) {

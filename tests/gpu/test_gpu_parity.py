@@ -239,6 +239,8 @@ CHOICES = {
                            "--repetition-penalty", "1.2", "--num-return-sequences", "3"],
     "sample_plain": ["--do-sample", "--seed", "11", "--top-k", "0"],
     "sample_full_vocab_top_p": ["--do-sample", "--seed", "5", "--top-k", "0", "--top-p", "0.7"],  # host path
+    "beam_penalty_min_length": ["--num-beams", "4", "--num-return-sequences", "2", "--repetition-penalty", "1.3",
+                                "--min-new-tokens", "5", "--length-penalty", "0.7"],
 }
 
 
@@ -246,8 +248,8 @@ CHOICES = {
 @pytest.mark.parametrize("choice", sorted(CHOICES))
 @pytest.mark.parametrize("arch", ["gpt2", "t5_gated"])
 def test_token_choice_on_gpu_equals_cpu(models, arch, choice):
-    """Greedy with processors and sampling picked on the GPU (kernels/cuda/choose.cu) give the CPU's tokens
-    for the same seed (fp32 logits differ only by rounding)."""
+    """Greedy with processors, sampling and beam candidates picked on the GPU (kernels/cuda/choose.cu) give the
+    CPU's tokens for the same seed (fp32 logits differ only by rounding)."""
     def run(*device):
         r = subprocess.run([str(CLI), "generate", str(models[arch]), "--prompt-ids", "5,17,99,3", "--prompt-ids",
                             "300,2", "--max-new-tokens", "24", "--json", *CHOICES[choice], *device],

@@ -14,6 +14,9 @@
 //      scores tied with the k-th) give kChooseOnHost: the caller processes that row on the host.
 //   4. categorical draw with the caller's uniform number: the probabilities' prefix sums in index order (a
 //      block scan over contiguous chunks), the first token whose cumulative mass exceeds u * total.
+// Beam search (candidates > 0) instead: log-softmax (log_softmax_inplace's arithmetic), the processors on
+// the log-probs, plus the row's running score, then the best `candidates` (score, token) pairs by repeated
+// block argmax.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -221,13 +224,30 @@ __global__ void __launch_bounds__(kThreads) choose_kernel(ChooseArgs a) {
   float* w = a.work + int64_t(blockIdx.x) * a.V;
   pdl_wait();
 
-  for (int v = threadIdx.x; v < V; v += kThreads) w[v] = src[v];
+  // Beam search processes log-probabilities: log_softmax_inplace's float arithmetic on a double sum.
+  float max = 0.0f, log_sum = 0.0f;
+  if (a.candidates > 0) {
+    float m = kNegInf;
+    for (int v = threadIdx.x; v < V; v += kThreads) m = fmaxf(m, src[v]);
+    m = cub::BlockReduce<float, kThreads>(sh.cub.max).Reduce(m, [](float x, float y) { return fmaxf(x, y); });
+    if (threadIdx.x == 0) sh.value = m;
+    __syncthreads();
+    max = sh.value;
+    double sum = 0.0;
+    for (int v = threadIdx.x; v < V; v += kThreads) sum += exp(double(src[v]) - double(max));
+    double total = 0.0;
+    __syncthreads();
+    cub::BlockScan<double, kThreads>(sh.cub.scan).ExclusiveSum(sum, sum, total);
+    log_sum = float(log(total));
+  }
+  auto processed = [&](float s) { return a.candidates > 0 && max != kNegInf ? (s - max) - log_sum : s; };
+  for (int v = threadIdx.x; v < V; v += kThreads) w[v] = processed(src[v]);
   __syncthreads();
-  if (a.repetition_penalty != 1.0f)
+  if (a.repetition_penalty != 1.0f)  // from the untouched logits, so a token seen twice is penalised once
     for (int i = threadIdx.x; i < row.history_count; i += kThreads) {
       const int id = a.history[row.history_begin + i];
       if (id >= 0 && id < V) {
-        const float s = src[id];
+        const float s = processed(src[id]);
         w[id] = s < 0 ? s * a.repetition_penalty : s / a.repetition_penalty;
       }
     }
@@ -236,6 +256,25 @@ __global__ void __launch_bounds__(kThreads) choose_kernel(ChooseArgs a) {
       if (a.eos[e] >= 0 && a.eos[e] < V) w[a.eos[e]] = kNegInf;
   __syncthreads();
 
+  if (a.candidates > 0) {
+    // The best `candidates` of w + add, best first (ties: lower token), as top_k_indices ranks them; a
+    // taken score becomes NaN, which never compares better.
+    for (int v = threadIdx.x; v < V; v += kThreads) w[v] += row.add;
+    __syncthreads();
+    for (int c = 0; c < a.candidates; ++c) {
+      ArgBest best{kNegInf, 0x7fffffff};
+      for (int v = threadIdx.x; v < V; v += kThreads) best = BetterOf()(best, ArgBest{w[v], v});
+      best = cub::BlockReduce<ArgBest, kThreads>(sh.cub.best).Reduce(best, BetterOf());
+      if (threadIdx.x == 0) {
+        const int64_t slot = int64_t(blockIdx.x) * a.candidates + c;
+        a.ids[slot] = best.index == 0x7fffffff ? -1 : best.index;
+        a.scores[slot] = best.value;
+        if (best.index != 0x7fffffff) w[best.index] = NAN;
+      }
+      __syncthreads();
+    }
+    return;
+  }
   if (!a.sample) {
     ArgBest best{kNegInf, 0x7fffffff};
     for (int v = threadIdx.x; v < V; v += kThreads) best = BetterOf()(best, ArgBest{w[v], v});

@@ -163,7 +163,8 @@ constexpr int64_t kArgmaxSlices = 64;
 void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, unsigned long long* scratch,
                  Stream stream);
 
-// The next token of each of R rows from fp32 logits [*, V], with transformers' greedy / sampling processors
+// The next token of each of R rows (or its best candidates, for beam search) from fp32 logits [*, V], with
+// transformers' greedy / sampling / beam processors
 // (generate/logits_processors.cpp defines them; kernels/cuda/choose.cu says how each is done here). Row r
 // reads logits row rows[r].logits_row and writes ids[r]: the token, -1 when every score was filtered out, or
 // kChooseOnHost when top-p had more than kMaxSorted candidates (the caller then processes that row itself).
@@ -174,6 +175,7 @@ struct ChooseRow {
   int32_t history_begin = 0, history_count = 0;  // the row's decoder sequence in `history`
   int32_t suppress_eos = 0;                      // below the minimum length: eos ids get -inf
   double uniform = 0;                            // sampling: a draw in [0, 1)
+  float add = 0;                                 // candidates: added to every processed score
 };
 struct ChooseArgs {
   const float* logits = nullptr;
@@ -188,6 +190,10 @@ struct ChooseArgs {
   bool top_p = false;
   float top_p_threshold = 0.0f;  // float(1 - top_p), as the host compares it
   int min_keep = 1;
+  // Beam search (candidates > 0, greedy only): log-softmax first (the processors then act on log-probs), plus
+  // rows[r].add, and the best `candidates` tokens of each row with their scores in ids / scores [R, candidates].
+  int candidates = 0;
+  float* scores = nullptr;
   float* work = nullptr;  // R * V floats
   int32_t* ids = nullptr;
 };
