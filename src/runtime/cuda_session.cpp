@@ -587,6 +587,12 @@ std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_t
 }
 
 bool CudaSession::chooses_tokens(const TokenChoice& choice) const {
+  // KESTREL_CHOOSE_ON_HOST=1 sends logits to the host instead (comparisons, debugging).
+  static const bool on_host = [] {
+    const char* v = std::getenv("KESTREL_CHOOSE_ON_HOST");
+    return v && *v && *v != '0';
+  }();
+  if (on_host) return false;
   // Top-p sorts its candidates in shared memory: it needs a top-k that leaves few enough of them.
   const bool top_p_fits = choice.top_p >= 1.0 || (choice.top_k > 0 && choice.top_k <= cuda::kMaxSorted / 2);
   // Beam candidates are ranked, not sampled.

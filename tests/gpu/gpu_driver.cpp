@@ -16,6 +16,9 @@
 //   bench    (cuda, --bench-runs R) milliseconds of each run of prompt + N greedy tokens (e2e_ms), of its
 //            prompt pass up to the first token (first_ms), and of each decode step of the last run (step_ms).
 //            Times are CUDA events on the session's stream around calls that synchronize it.
+//   generate (--generate-bench greedy|sampling|beams, with --bench-runs R) wall milliseconds of each of R
+//            warmed kestrel::generate() calls (N new tokens, eos never ending them early): the product's path,
+//            token choice included (KESTREL_CHOOSE_ON_HOST=1 processes logits on the host instead).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,6 +32,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "generate/generator.h"
 #include "runtime/cuda_session.h"
 #include "runtime/engine.h"
 
@@ -77,6 +81,7 @@ TokenRows read_rows(const std::string& path) {
 int run(int argc, char** argv) {
   std::string model_dir, device = "cuda", precision = "fp16", prompts_path, score_path, out;
   int new_tokens = 0, bench_runs = 0;
+  std::string generate_bench;
   bool bench_only = false;
   int64_t max_batch = 8, max_length = 0;
   for (int i = 1; i < argc; ++i) {
@@ -105,6 +110,8 @@ int run(int argc, char** argv) {
       max_length = std::stoll(next());
     else if (a == "--out")
       out = next();
+    else if (a == "--generate-bench")
+      generate_bench = next();
     else if (a == "--bench-only")
       bench_only = true;
     else
@@ -227,6 +234,29 @@ int run(int argc, char** argv) {
                          {"graphs", gpu->captured_graphs()},
                          {"timer", "cuda_events"}};
     }
+  }
+  if (!generate_bench.empty() && new_tokens > 0 && bench_runs > 0) {
+    GenerationConfig c;
+    c.max_new_tokens = new_tokens;
+    c.min_new_tokens = new_tokens;
+    c.eos_token_ids = {0};
+    if (generate_bench == "sampling") {
+      c.do_sample = true;
+      c.top_k = 50;
+      c.top_p = 0.9;
+      c.seed = 1;
+    } else if (generate_bench == "beams") {
+      c.num_beams = 4;
+    } else if (generate_bench != "greedy") {
+      fail("--generate-bench: expected greedy, sampling or beams, not '" + generate_bench + "'");
+    }
+    std::vector<double> wall;
+    for (int r = 0; r < bench_runs + 2; ++r) {
+      const auto t0 = Clock::now();
+      generate(*session, prompts, c);
+      if (r >= 2) wall.push_back(ms_since(t0));
+    }
+    report["generate"] = {{"mode", generate_bench}, {"wall_ms", wall}};
   }
   std::ofstream(out + ".json") << report.dump() << "\n";
   return 0;

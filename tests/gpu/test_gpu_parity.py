@@ -239,7 +239,7 @@ CHOICES = {
                            "--repetition-penalty", "1.2", "--num-return-sequences", "3"],
     "sample_plain": ["--do-sample", "--seed", "11", "--top-k", "0"],
     "sample_full_vocab_top_p": ["--do-sample", "--seed", "5", "--top-k", "0", "--top-p", "0.7"],  # host path
-    "beam_penalty_min_length": ["--num-beams", "4", "--num-return-sequences", "2", "--repetition-penalty", "1.3",
+    "beam_penalty_min_length": ["--num-beams", "4", "--num-return-sequences", "4", "--repetition-penalty", "1.3",
                                 "--min-new-tokens", "5", "--length-penalty", "0.7"],
 }
 
@@ -255,10 +255,21 @@ def test_token_choice_on_gpu_equals_cpu(models, arch, choice):
                             "300,2", "--max-new-tokens", "24", "--json", *CHOICES[choice], *device],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
-        return [(s["prompt"], s["ids"]) for s in json.loads(r.stdout)]
+        return json.loads(r.stdout)
     cpu = run("--device", "cpu")
-    gpu = run("--device", "cuda", "--precision", "fp32")
-    assert gpu == cpu
+    out = run("--device", "cuda", "--precision", "fp32")
+    gpu = [(s["prompt"], s["ids"]) for s in out]
+    if "--num-beams" not in CHOICES[choice]:
+        assert gpu == [(s["prompt"], s["ids"]) for s in cpu]
+    else:
+        # Random T5 weights give hypotheses with exactly tied scores, which rounding-level differences in the
+        # logits may order either way: scores must agree, and the tokens of every hypothesis whose score is
+        # not tied with another (all num_beams hypotheses are returned, so every tie is visible).
+        assert [s["prompt"] for s in out] == [s["prompt"] for s in cpu]
+        for g, c in zip(out, cpu):
+            assert abs(g["score"] - c["score"]) <= 1e-4 * max(1.0, abs(c["score"])), (g, c)
+            tied = sum(abs(o["score"] - c["score"]) <= 1e-4 for o in cpu if o["prompt"] == c["prompt"]) > 1
+            assert tied or g["ids"] == c["ids"], (g, c)
     report(test="token_choice", arch=arch, choice=choice, sequences=len(gpu), tokens=sum(len(i) for _, i in gpu))
     fp16 = run("--device", "cuda", "--precision", "fp16")
-    assert [p for p, _ in fp16] == [p for p, _ in cpu] and all(len(i) > 0 for _, i in fp16)
+    assert [s["prompt"] for s in fp16] == [s["prompt"] for s in cpu] and all(s["ids"] for s in fp16)
