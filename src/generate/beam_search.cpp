@@ -253,16 +253,17 @@ GenerationResult beam_search(const DecodeJob& job) {
   const bool on_session = !c.do_sample && c.no_repeat_ngram_size == 0 && job.session.chooses_tokens(choice);
   std::vector<std::vector<int64_t>> histories;  // what the choice rows' spans point at
   auto fill_choice = [&] {
-    choice.rows.clear();
     histories.clear();
+    for (size_t s : live)
+      for (int64_t b = 0; b < beams; ++b) histories.push_back(beam_history(states[s], b));
+    choice.rows.clear();
     int64_t base = 0;
+    size_t h = 0;
     for (size_t s : live) {
       const BeamState& st = states[s];
-      for (int64_t b = 0; b < beams; ++b) histories.push_back(beam_history(st, b));
-      for (int64_t b = 0; b < beams; ++b) {
-        const auto& history = histories[histories.size() - size_t(beams - b)];
-        const bool short_ = st.plan->min_length > 0 && int64_t(history.size()) < st.plan->min_length;
-        choice.rows.push_back({base + (st.session_rows == 1 ? 0 : b), history, short_, 0.0,
+      for (int64_t b = 0; b < beams; ++b, ++h) {
+        const bool short_ = st.plan->min_length > 0 && int64_t(histories[h].size()) < st.plan->min_length;
+        choice.rows.push_back({base + (st.session_rows == 1 ? 0 : b), histories[h], short_, 0.0,
                                st.running_scores[size_t(b)]});
       }
       base += st.session_rows;
@@ -273,10 +274,7 @@ GenerationResult beam_search(const DecodeJob& job) {
   ChosenTokens ranked;
   if (on_session) {
     fill_choice();
-    TokenRows prefixes;
-    if (job.session.is_encoder_decoder())
-      for (const auto& p : job.plans) prefixes.push_back(p.decoder_prefix);
-    ranked = job.session.start_and_choose(job.prompts, prefixes, choice);
+    ranked = job.session.start_and_choose(job.prompts, decoder_prefixes(job), choice);
   } else {
     logits = start_session(job);
   }

@@ -24,6 +24,8 @@ struct DecodeJob {
   const TokenStream& stream;
 };
 
+// The decoder prefixes session.start() takes with the prompts: T5's per row, none for GPT-2 (the prompt is it).
+TokenRows decoder_prefixes(const DecodeJob& job);
 // Runs session.start() for the prompts (T5: with the decoder prefixes); returns logits [prompts, vocab].
 std::vector<float> start_session(const DecodeJob& job);
 bool is_eos(const GenerationConfig& config, int64_t token);

@@ -22,11 +22,15 @@ TokenRows GenerationResult::padded() const {
 
 namespace detail {
 
-std::vector<float> start_session(const DecodeJob& job) {
-  if (!job.session.is_encoder_decoder()) return job.session.start(job.prompts);
+TokenRows decoder_prefixes(const DecodeJob& job) {
   TokenRows prefixes;
-  for (const auto& p : job.plans) prefixes.push_back(p.decoder_prefix);
-  return job.session.start(job.prompts, prefixes);
+  if (job.session.is_encoder_decoder())
+    for (const auto& p : job.plans) prefixes.push_back(p.decoder_prefix);
+  return prefixes;
+}
+
+std::vector<float> start_session(const DecodeJob& job) {
+  return job.session.start(job.prompts, decoder_prefixes(job));
 }
 
 bool is_eos(const GenerationConfig& config, int64_t token) {

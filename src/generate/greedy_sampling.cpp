@@ -110,10 +110,7 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
   draw();
   if (on_session) {
     fill_choice(prompt_row);
-    TokenRows prefixes;
-    if (job.session.is_encoder_decoder())
-      for (const auto& p : job.plans) prefixes.push_back(p.decoder_prefix);
-    tokens = job.session.start_and_choose(job.prompts, prefixes, choice).tokens;
+    tokens = job.session.start_and_choose(job.prompts, decoder_prefixes(job), choice).tokens;
   } else {
     logits = start_session(job);
   }
