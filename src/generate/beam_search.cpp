@@ -263,8 +263,8 @@ GenerationResult beam_search(const DecodeJob& job) {
       const BeamState& st = states[s];
       for (int64_t b = 0; b < beams; ++b, ++h) {
         const bool short_ = st.plan->min_length > 0 && int64_t(histories[h].size()) < st.plan->min_length;
-        choice.rows.push_back({base + (st.session_rows == 1 ? 0 : b), histories[h], short_, 0.0,
-                               st.running_scores[size_t(b)]});
+        choice.rows.push_back(
+            {base + (st.session_rows == 1 ? 0 : b), histories[h], short_, 0.0, st.running_scores[size_t(b)]});
       }
       base += st.session_rows;
     }

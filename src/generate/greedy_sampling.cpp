@@ -70,7 +70,8 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
       const LiveRow& lr = live[row];
       const RowPlan& plan = job.plans[size_t(result.sequences[size_t(lr.sequence)].prompt_index)];
       choice.rows.push_back({logits_row_of(row), lr.history,
-                             plan.min_length > 0 && int64_t(lr.history.size()) < plan.min_length, uniforms[row]});
+                             plan.min_length > 0 && int64_t(lr.history.size()) < plan.min_length,
+                             uniforms[row]});
     }
   };
   // Row `row`'s token from its logits (processed here).

@@ -353,8 +353,9 @@ void CudaSession::plan_memory(size_t weight_bytes) {
       if (op.kind == OpKind::PositionBias) luts += align_up(size_t(2 * max_length_ + 1) * 4);
   impl_->meta = MetaLayout(max_tokens_, max_out_rows_, max_batch_);
   const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4) +
-                      align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8) + align_up(choice_block_bytes()) +
-                      align_up(size_t(max_batch_ * vocab_) * 4) + 2 * align_up(size_t(max_batch_ * kMaxCandidates) * 4);
+                      align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8) +
+                      align_up(choice_block_bytes()) + align_up(size_t(max_batch_ * vocab_) * 4) +
+                      2 * align_up(size_t(max_batch_ * kMaxCandidates) * 4);
   const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
                        align_up(partials) + align_up(counters) + luts + meta;
   planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
@@ -562,11 +563,7 @@ std::vector<int64_t> CudaSession::greedy_start(const TokenRows& rows, const Toke
 }
 
 std::vector<float> CudaSession::step(const TokenRows& tokens, bool all_positions) {
-  if (rows_.empty()) fail("step: call start() first");
-  if (tokens.size() != rows_.size())
-    fail("step: " + std::to_string(tokens.size()) + " rows of tokens for a batch of " +
-         std::to_string(rows_.size()));
-  check_tokens(tokens, "step", true);
+  check_step(tokens);
   std::vector<float> logits;
   forward(decoder_, tokens, false, all_positions, Want::Logits, {.logits = &logits});
   return logits;
@@ -596,7 +593,8 @@ bool CudaSession::chooses_tokens(const TokenChoice& choice) const {
   // Top-p sorts its candidates in shared memory: it needs a top-k that leaves few enough of them.
   const bool top_p_fits = choice.top_p >= 1.0 || (choice.top_k > 0 && choice.top_k <= cuda::kMaxSorted / 2);
   // Beam candidates are ranked, not sampled.
-  const bool candidates_fit = choice.candidates <= kMaxCandidates && !(choice.candidates > 0 && choice.sample);
+  const bool candidates_fit =
+      choice.candidates <= kMaxCandidates && !(choice.candidates > 0 && choice.sample);
   return top_p_fits && candidates_fit && int64_t(choice.eos_token_ids.size()) <= kMaxChoiceEos;
 }
 
@@ -608,6 +606,14 @@ CudaSession::Want CudaSession::want_for(const TokenChoice& choice, int64_t batch
   return plain ? Want::Ids : Want::Choose;
 }
 
+void CudaSession::check_step(const TokenRows& tokens) const {
+  if (rows_.empty()) fail("step: call start() first");
+  if (tokens.size() != rows_.size())
+    fail("step: " + std::to_string(tokens.size()) + " rows of tokens for a batch of " +
+         std::to_string(rows_.size()));
+  check_tokens(tokens, "step", true);
+}
+
 ChosenTokens CudaSession::start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,
                                            const TokenChoice& choice) {
   ChosenTokens out;
@@ -617,11 +623,7 @@ ChosenTokens CudaSession::start_and_choose(const TokenRows& rows, const TokenRow
 }
 
 ChosenTokens CudaSession::step_and_choose(const TokenRows& tokens, const TokenChoice& choice) {
-  if (rows_.empty()) fail("step: call start() first");
-  if (tokens.size() != rows_.size())
-    fail("step: " + std::to_string(tokens.size()) + " rows of tokens for a batch of " +
-         std::to_string(rows_.size()));
-  check_tokens(tokens, "step", true);
+  check_step(tokens);
   ChosenTokens out;
   forward(decoder_, tokens, false, false, want_for(choice, int64_t(tokens.size())),
           {.ids = &out.tokens, .choice = &choice, .scores = &out.scores});
@@ -648,7 +650,8 @@ size_t CudaSession::choice_block_bytes() const {
 
 void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
   const int64_t R = int64_t(choice.rows.size());
-  if (choice.candidates > kMaxCandidates) internal_error("choosing tokens: more candidates than kMaxCandidates");
+  if (choice.candidates > kMaxCandidates)
+    internal_error("choosing tokens: more candidates than kMaxCandidates");
   if (R == 0 || R > max_batch_)
     fail("choosing tokens for " + std::to_string(R) + " rows; the session holds at most --max-batch " +
          std::to_string(max_batch_));
@@ -661,11 +664,13 @@ void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
     check_row_index(in.logits_row, out_rows, "choosing tokens: logits row");
     const int64_t n = choice.repetition_penalty != 1.0f ? int64_t(in.history.size()) : 0;
     if (n > max_length_) internal_error("choosing tokens: a history longer than --max-length");
-    rows[r] = {int32_t(in.logits_row), int32_t(used), int32_t(n), in.suppress_eos ? 1 : 0, in.uniform, in.add};
+    rows[r] = {int32_t(in.logits_row),  int32_t(used), int32_t(n),
+               in.suppress_eos ? 1 : 0, in.uniform,    in.add};
     for (int64_t i = 0; i < n; ++i) history[used + i] = int32_t(in.history[size_t(i)]);
     used += n;
   }
-  for (size_t e = 0; e < choice.eos_token_ids.size(); ++e) history[used + int64_t(e)] = int32_t(choice.eos_token_ids[e]);
+  for (size_t e = 0; e < choice.eos_token_ids.size(); ++e)
+    history[used + int64_t(e)] = int32_t(choice.eos_token_ids[e]);
   cudaStream_t s = impl_->stream;
   const size_t bytes = choice_rows_bytes() + size_t(used + int64_t(choice.eos_token_ids.size())) * 4;
   check(cudaMemcpyAsync(impl_->choice_dev, impl_->choice_host, bytes, cudaMemcpyHostToDevice, s),
@@ -683,7 +688,9 @@ void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
   a.repetition_penalty = choice.repetition_penalty;
   a.temperature = choice.temperature;
   // As apply_top_k: k is at least min_tokens_to_keep; at or above the vocabulary it removes nothing.
-  a.top_k = choice.top_k != 0 ? int(std::min<int64_t>(std::max(choice.top_k, choice.min_tokens_to_keep), vocab_)) : 0;
+  a.top_k = choice.top_k != 0
+                ? int(std::min<int64_t>(std::max(choice.top_k, choice.min_tokens_to_keep), vocab_))
+                : 0;
   a.top_p = choice.top_p < 1.0;
   a.top_p_threshold = float(1.0 - choice.top_p);
   a.min_keep = int(choice.min_tokens_to_keep);

@@ -136,11 +136,12 @@ class CudaSession final : public Session {
   void upload_weights();
   std::vector<BoundOp> bind(const std::vector<Op>& ops);
   void check_tokens(const TokenRows& rows, const char* what, bool decoder) const;
+  void check_step(const TokenRows& tokens) const;  // step()'s checks: started, one row of tokens per row
   void forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder, bool all_positions,
                Want want, const Outputs& outputs);
   // Uploads `choice` and enqueues the choose kernel over the logits of this forward's `out_rows` rows.
   void enqueue_choice(const TokenChoice& choice, int64_t out_rows);
-  static constexpr int64_t kMaxChoiceEos = 64;  // eos ids a device-side choice takes
+  static constexpr int64_t kMaxChoiceEos = 64;   // eos ids a device-side choice takes
   static constexpr int64_t kMaxCandidates = 64;  // beam candidates a row returns
   size_t choice_rows_bytes() const;              // the per-row part of the uploaded choice block
   size_t choice_block_bytes() const;             // rows, histories and eos ids

@@ -35,11 +35,11 @@ struct TokenChoice {
   // plus Row::add, per row: best first, ties to the lower token (top_k_indices' order).
   int64_t candidates = 0;
   struct Row {
-    int64_t logits_row = 0;             // the row of this forward's logits it picks from
-    std::span<const int64_t> history;   // its decoder sequence so far (repetition penalty)
-    bool suppress_eos = false;          // shorter than its minimum length
-    double uniform = 0.0;               // sampling: its draw in [0, 1)
-    float add = 0.0f;                   // candidates: the beam's running score
+    int64_t logits_row = 0;            // the row of this forward's logits it picks from
+    std::span<const int64_t> history;  // its decoder sequence so far (repetition penalty)
+    bool suppress_eos = false;         // shorter than its minimum length
+    double uniform = 0.0;              // sampling: its draw in [0, 1)
+    float add = 0.0f;                  // candidates: the beam's running score
   };
   std::vector<Row> rows;
   // A picked token of kNothingLeft: every score was filtered out. kChooseOnHost: the backend could not for

@@ -1,7 +1,7 @@
 // generate() through a session that picks tokens itself (Session::chooses_tokens, as CudaSession does on the
 // GPU): the same tokens as processing the logits on the host, for greedy decoding and sampling with every
-// processor a backend takes, with rows the backend hands back (kChooseOnHost), several sequences a prompt, and
-// beam search from each beam's ranked continuations.
+// processor a backend takes, with rows the backend hands back (kChooseOnHost), several sequences a prompt,
+// and beam search from each beam's ranked continuations.
 #include <gtest/gtest.h>
 
 #include "fake_session.h"
@@ -25,7 +25,8 @@ class ChoosingSession : public FakeSession {
       : FakeSession(kVocab, [](const auto& e, const auto& d) { return hashed_logits(e, d, kVocab); }) {}
 
   bool chooses_tokens(const TokenChoice&) const override { return true; }
-  ChosenTokens start_and_choose(const TokenRows& rows, const TokenRows& prefix, const TokenChoice& choice) override {
+  ChosenTokens start_and_choose(const TokenRows& rows, const TokenRows& prefix,
+                                const TokenChoice& choice) override {
     last_ = start(rows, prefix, false);
     return choose(choice);
   }
@@ -71,7 +72,8 @@ class ChoosingSession : public FakeSession {
       if (c.top_k != 0) apply_top_k(s, c.top_k, c.min_tokens_to_keep);
       if (c.top_p < 1.0) apply_top_p(s, c.top_p, c.min_tokens_to_keep);
       std::vector<double> probs;
-      out.tokens.push_back(softmax(s, probs) ? Sampler::categorical(probs, row.uniform) : TokenChoice::kNothingLeft);
+      out.tokens.push_back(softmax(s, probs) ? Sampler::categorical(probs, row.uniform)
+                                             : TokenChoice::kNothingLeft);
     }
     return out;
   }

@@ -17,8 +17,8 @@
 //            prompt pass up to the first token (first_ms), and of each decode step of the last run (step_ms).
 //            Times are CUDA events on the session's stream around calls that synchronize it.
 //   generate (--generate-bench greedy|sampling|beams, with --bench-runs R) wall milliseconds of each of R
-//            warmed kestrel::generate() calls (N new tokens, eos never ending them early): the product's path,
-//            token choice included (KESTREL_CHOOSE_ON_HOST=1 processes logits on the host instead).
+//            warmed kestrel::generate() calls (N new tokens, eos never ending them early): the product's
+//            path, token choice included (KESTREL_CHOOSE_ON_HOST=1 processes logits on the host instead).
 #include <cuda_runtime.h>
 
 #include <algorithm>

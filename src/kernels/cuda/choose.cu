@@ -4,7 +4,7 @@
 //
 // One block of 1024 threads per row, working on a private copy of the row in `work` (several rows may read
 // the same logits row: num_return_sequences). In order:
-//   1. copy; repetition penalty (gathered from the untouched logits, so a token seen twice is penalised once);
+//   1. copy; repetition penalty (gathered from the untouched logits: a token seen twice is penalised once);
 //      eos suppressed below the minimum length. Greedy: first index of the maximum, done.
 //   2. temperature; top-k: the k-th largest score found by a 4-pass radix select on the scores' bit patterns
 //      (exact: ties with it stay, as on the host).
@@ -17,10 +17,9 @@
 // Beam search (candidates > 0) instead: log-softmax (log_softmax_inplace's arithmetic), the processors on
 // the log-probs, plus the row's running score, then the best `candidates` (score, token) pairs by repeated
 // block argmax.
+#include <cfloat>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
-
-#include <cfloat>
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -79,14 +78,16 @@ __device__ float kth_largest(const float* w, int V, int k, Shared& sh) {
     for (int b = threadIdx.x; b < 256; b += kThreads) sh.histogram[b] = 0;
     __syncthreads();
     const uint32_t prefix = sh.prefix;
-    for (int base = 0; base < V; base += kThreads) {  // every lane takes every turn: the match below is warp-wide
+    // Every lane takes every turn: the match below is warp-wide.
+    for (int base = 0; base < V; base += kThreads) {
       const int v = base + int(threadIdx.x);
       const uint32_t key = v < V ? order_key(w[v]) : 0u;
       const bool mine = v < V && (key & mask) == prefix;
       const uint32_t bin = (key >> shift) & 0xffu;
       // Lanes adding to the same bin combine first: most scores share their top bits.
       const unsigned same = __match_any_sync(0xffffffffu, mine ? bin : 0x100u + (threadIdx.x & 31));
-      if (mine && int(threadIdx.x & 31) == __ffs(same) - 1) atomicAdd(&sh.histogram[bin], uint32_t(__popc(same)));
+      if (mine && int(threadIdx.x & 31) == __ffs(same) - 1)
+        atomicAdd(&sh.histogram[bin], uint32_t(__popc(same)));
     }
     __syncthreads();
     if (threadIdx.x == 0) {

@@ -190,8 +190,9 @@ struct ChooseArgs {
   bool top_p = false;
   float top_p_threshold = 0.0f;  // float(1 - top_p), as the host compares it
   int min_keep = 1;
-  // Beam search (candidates > 0, greedy only): log-softmax first (the processors then act on log-probs), plus
-  // rows[r].add, and the best `candidates` tokens of each row with their scores in ids / scores [R, candidates].
+  // Beam search (candidates > 0, greedy only): log-softmax first (the processors then act on log-probs),
+  // plus rows[r].add; the best `candidates` tokens of each row and their scores go to ids / scores
+  // [R, candidates].
   int candidates = 0;
   float* scores = nullptr;
   float* work = nullptr;  // R * V floats
