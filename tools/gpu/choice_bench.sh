@@ -5,21 +5,9 @@
 #   tools/gpu/choice_bench.sh BUILD_DIR OUT_DIR [sizes, default small,xl]
 set -uo pipefail
 BUILD=$(realpath "${1:?build dir}"); OUT=$(realpath "${2:?out dir}"); SIZES=${3:-small,xl}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-source "$ROOT/tests/gpu/use_build.sh"
-TMP=$(mktemp -d)
+source "$(dirname "$0")/common.sh"
 for size in ${SIZES//,/ }; do
-  (cd "$ROOT" && $PY - "$TMP" "$size" <<'PYEOF'
-import pathlib, sys
-sys.path.insert(0, "tests/gpu")
-import gpu_models as g
-d = pathlib.Path(sys.argv[1]); size = sys.argv[2]
-g.real_shape_gpt2(d / size, size)
-g.write_rows(d / "p.json", [[(i * 7919) % 30000 + 2 for i in range(64)]])
-PYEOF
-  ) > /dev/null 2>&1
+  make_model "$size"
   for mode in greedy sampling beams; do
     for host in 0 1; do
       KESTREL_CHOOSE_ON_HOST=$host "$BUILD/tests/gpu/kestrel_gpu_driver" --model "$TMP/$size" --device cuda \

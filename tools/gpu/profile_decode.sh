@@ -8,20 +8,9 @@ set -uo pipefail
 BUILD=$(realpath "${1:?build dir}")
 OUT=$(realpath "${2:?output dir}")
 SIZES=${3:-small,xl}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-source "$ROOT/tests/gpu/use_build.sh"
-TMP=$(mktemp -d)
+source "$(dirname "$0")/common.sh"
 for size in ${SIZES//,/ }; do
-  $PY - "$TMP" "$size" <<'PYEOF'
-import pathlib, sys
-sys.path.insert(0, "tests/gpu")
-import gpu_models as g
-d = pathlib.Path(sys.argv[1]); size = sys.argv[2]
-g.real_shape_gpt2(d / size, size)
-g.write_rows(d / "p.json", [[(i * 7919) % 50000 for i in range(64)]])
-PYEOF
+  make_model "$size" 50000 0
   timeout 400 ncu --clock-control none --csv --page raw \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size,launch__registers_per_thread \
     "$BUILD/tests/gpu/kestrel_gpu_driver" --model "$TMP/$size" --device cuda --precision fp16 \

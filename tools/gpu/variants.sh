@@ -5,21 +5,9 @@
 # kestrel_gpu_driver (a compile-time variant) with this build's libraries. Prints and writes OUT_DIR/variants.txt.
 set -uo pipefail
 BUILD=$(realpath "${1:?build dir}"); OUT=$(realpath "${2:?out dir}"); SIZES=$3; shift 3
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-source "$ROOT/tests/gpu/use_build.sh"
-TMP=$(mktemp -d)
+source "$(dirname "$0")/common.sh"
 for size in ${SIZES//,/ }; do
-  (cd "$ROOT" && $PY - "$TMP" "$size" <<'PYEOF'
-import pathlib, sys
-sys.path.insert(0, "tests/gpu")
-import gpu_models as g
-d = pathlib.Path(sys.argv[1]); size = sys.argv[2]
-(g.real_shape_gpt2 if not size.startswith("t5-") else lambda p, s: g.real_shape_t5(p, s[3:]))(d / size, size)
-g.write_rows(d / "p.json", [[(i * 7919) % 30000 + 2 for i in range(64)]])
-PYEOF
-  ) > /dev/null 2>&1
+  make_model "$size"
   for variant in "$@"; do
     envs=(); [ "$variant" != "-" ] && read -ra envs <<< "$variant"
     driver="$BUILD/tests/gpu/kestrel_gpu_driver"
