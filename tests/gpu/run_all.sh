@@ -42,18 +42,17 @@ for m in gpt2 t5; do
       --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
     rc=$?; echo "memcheck $m $p rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
   done
-  # Token choice on the GPU (kernels/cuda/choose.cu): sampling with every processor, several sequences a prompt.
+  # Token choice on the GPU (kernels/cuda/choose.cu): sampling with every processor and several sequences a
+  # prompt, then beam candidates.
   if [ -x "$BUILD/src/cli/kestrel" ]; then
-    KESTREL_CACHE="$MC/cache" timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 \
-      "$BUILD/src/cli/kestrel" generate "$MC/$m" --device cuda --prompt-ids 5,6,7 --prompt-ids 9,10 \
-      --max-new-tokens 6 --min-new-tokens 2 --do-sample --seed 1 --top-k 20 --top-p 0.9 --temperature 0.7 \
-      --repetition-penalty 1.3 --num-return-sequences 2 --max-batch 4 --json >> "$OUT/memcheck.log" 2>&1
-    rc=$?; echo "memcheck $m sampling rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
-    KESTREL_CACHE="$MC/cache" timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 \
-      "$BUILD/src/cli/kestrel" generate "$MC/$m" --device cuda --prompt-ids 5,6,7 --prompt-ids 9,10 \
-      --max-new-tokens 6 --num-beams 3 --repetition-penalty 1.2 --min-new-tokens 2 --max-batch 6 --json \
-      >> "$OUT/memcheck.log" 2>&1
-    rc=$?; echo "memcheck $m beams rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
+    for choice in "sampling|--do-sample --seed 1 --top-k 20 --top-p 0.9 --temperature 0.7 --repetition-penalty 1.3 --num-return-sequences 2 --max-batch 4" \
+                  "beams|--num-beams 3 --repetition-penalty 1.2 --max-batch 6"; do
+      read -ra opts <<< "${choice#*|}"
+      KESTREL_CACHE="$MC/cache" timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "$BUILD/src/cli/kestrel" generate "$MC/$m" --device cuda --prompt-ids 5,6,7 --prompt-ids 9,10 \
+        --max-new-tokens 6 --min-new-tokens 2 "${opts[@]}" --json >> "$OUT/memcheck.log" 2>&1
+      rc=$?; echo "memcheck $m ${choice%%|*} rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
+    done
   fi
 done
 fi
