@@ -121,6 +121,11 @@ struct CudaSession::Impl {
   float* candidate_scores = nullptr;
   float* candidate_scores_host = nullptr;  // pinned
   int32_t* choice_ids_host = nullptr;      // pinned
+  // The persistent decode-step kernel's program (kernels/cuda/step_kernel.cu): built at the first decode step
+  // of one row; step_state 0 = not tried, 1 = ready, -1 = this plan runs op by op.
+  void* step_program = nullptr;
+  size_t step_program_bytes = 0, step_ops = 0;
+  int step_state = 0;
 
   void* carve(size_t bytes) {
     if (arena_used + align_up(bytes) > arena_size) internal_error("CUDA memory plan under-counted");
@@ -355,7 +360,8 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4) +
                       align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8) +
                       align_up(choice_block_bytes()) + align_up(size_t(max_batch_ * vocab_) * 4) +
-                      2 * align_up(size_t(max_batch_ * kMaxCandidates) * 4);
+                      2 * align_up(size_t(max_batch_ * kMaxCandidates) * 4) +
+                      align_up(cuda::step_program_bytes(plan_.decoder.size()));
   const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
                        align_up(partials) + align_up(counters) + luts + meta;
   planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
@@ -403,6 +409,9 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   for (void** host : {reinterpret_cast<void**>(&impl_->candidate_scores_host),
                       reinterpret_cast<void**>(&impl_->choice_ids_host)})
     check(cudaMallocHost(host, size_t(max_batch_ * kMaxCandidates) * 4), "pinned memory");
+  impl_->step_program_bytes = cuda::step_program_bytes(plan_.decoder.size());
+  impl_->step_program = impl_->carve(impl_->step_program_bytes);
+  check(cudaMemset(impl_->step_program, 0, impl_->step_program_bytes), "clearing the decode step program");
   std::memset(impl_->meta_host, 0, size_t(impl_->meta.total) * 4);
 
   // Relative-position buckets, computed once on the host with the CPU definition so both backends agree
@@ -482,10 +491,11 @@ std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) 
       internal_error("attention output '" + op.output + "' is not in the compute dtype");
     bound.push_back(std::move(b));
   }
-  // Whether ops[from..] read buffer `name` before something overwrites it.
+  // Whether bound[from..] read buffer `name` before something overwrites it. (Indices are into `bound`, which
+  // lacks the plan's PositionBias ops.)
   auto read_later = [&](size_t from, const std::string& name) {
-    for (size_t k = from; k < ops.size(); ++k) {
-      const Op& op = ops[k];
+    for (size_t k = from; k < bound.size(); ++k) {
+      const Op& op = *bound[k].op;
       if (std::find(op.inputs.begin(), op.inputs.end(), name) != op.inputs.end()) return true;
       if (op.output == name) {
         if (op.kind == OpKind::Linear && op.residual) return true;
@@ -811,13 +821,20 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
                       impl_->argmax_scratch, s);
   };
   if (one_token_each) {
-    const auto key = std::make_tuple(B, pass.splits_self, pass.splits_cross, want == Want::Ids);
+    // A step of one row runs as one persistent kernel when every op of the plan fits in it (it chooses its
+    // own attention splits, so one graph serves every length).
+    const bool one_kernel = B == 1 && T == 1 && prepare_step_kernel(program, pass);
+    const auto key = std::make_tuple(B, one_kernel ? 0 : pass.splits_self, one_kernel ? 0 : pass.splits_cross,
+                                     want == Want::Ids);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
       check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
       try {
-        run_program(program, pass);
+        if (one_kernel)
+          cuda::run_step_program(impl_->step_program, impl_->step_ops, s);
+        else
+          run_program(program, pass);
         if (want == Want::Ids) argmax();
       } catch (...) {
         cudaStreamEndCapture(s, &graph);
@@ -871,6 +888,61 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   }
 }
 
+bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const Pass& pass) {
+  if (impl_->step_state != 0) return impl_->step_state > 0;
+  impl_->step_state = -1;
+  // Opt-in (KESTREL_STEP_KERNEL=1) until it beats the op-by-op graph: on an H100 it does not yet
+  // (kernels/cuda/NOTES.md). When on, a plan it cannot run is an error rather than a silent fallback.
+  const char* mode = std::getenv("KESTREL_STEP_KERNEL");
+  if (!mode || std::string(mode) != "1") return false;
+  auto unsupported = [&](const Op& op) -> bool {
+    fail("KESTREL_STEP_KERNEL=1: the decode step kernel cannot run op " + op_kind_name(op.kind) + " -> '" +
+         op.output + "'");
+  };
+  std::vector<cuda::StepOp> ops;
+  for (size_t i = 0; i < program.size();) {
+    const BoundOp& b = program[i];
+    cuda::StepOp s;
+    size_t used = fused_linear(program, i, pass, &s.linear);
+    if (used > 0) {
+      s.kind = cuda::StepKind::Linear;
+      s.linear.in.rows = nullptr;  // one token: the gathered row is row 0
+    } else if (b.op->kind == OpKind::Embed) {
+      Buffer& out = buffer(b.out);
+      out.rows = pass.T;
+      s.kind = cuda::StepKind::Embed;
+      s.embed = {impl_->dev(impl_->meta.ids), impl_->dev(impl_->meta.tok_pos), b.w[0],
+                 plan_.embed_positions && b.w.size() > 1 ? b.w[1] : nullptr,  b.wt, out.width,
+                 static_cast<float*>(out.data)};
+      used = 1;
+    } else if (b.op->kind == OpKind::Linear) {
+      Buffer& in = buffer(b.in);
+      Buffer& out = buffer(b.out);
+      if (!b.op->residual) out.rows = in.rows;
+      s.kind = cuda::StepKind::Linear;
+      s.linear.in = cuda::LinearInput{in.data, in.dtype};
+      linear_call(b, in.width, out, s.linear);
+      used = 1;
+    } else if (b.op->kind == OpKind::Attention) {
+      s.kind = cuda::StepKind::Attention;
+      s.attention = attention_args(b, pass);
+      if (b.op->kv == KVSource::Self && !s.attention.fresh) return unsupported(*b.op);  // separate KV store
+      used = 1;
+    } else {
+      return unsupported(*b.op);  // an unfused norm or gather, a cross-attention store
+    }
+    if (!cuda::step_kernel_supports(s)) return unsupported(*program[i + used - 1].op);
+    ops.push_back(s);
+    i += used;
+  }
+  if (cuda::step_program_bytes(ops.size()) > impl_->step_program_bytes)
+    internal_error("the decode step program outgrew its planned memory");
+  cuda::upload_step_program(ops, impl_->step_program, impl_->stream);
+  impl_->step_ops = ops.size();
+  impl_->step_state = 1;
+  return true;
+}
+
 void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& pass) {
   for (size_t i = 0; i < program.size();) {
     const size_t fused = fused_linear(program, i, pass);
@@ -883,7 +955,8 @@ void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& p
   }
 }
 
-size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass) {
+size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass,
+                                 cuda::StepLinear* call) {
   if (!program[i].feeds_gemv) return 0;
   const bool take = program[i].op->kind == OpKind::TakeOutputs;
   const size_t n = take ? 3 : 2;
@@ -902,20 +975,103 @@ size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, 
     out.rows = M;
   else if (out.rows != M)
     internal_error("residual linear into '" + lop.output + "' with mismatched rows");
-  cuda::LinearInput in;
-  in.x = src.data;
-  in.xt = src.dtype;
-  in.rows = take ? impl_->dev(impl_->meta.take_src) : nullptr;
-  in.gamma = static_cast<const float*>(norm.w[0]);
-  in.beta = norm.w.size() > 1 ? static_cast<const float*>(norm.w[1]) : nullptr;
-  in.rms = nop.norm == NormKind::RMS;
-  in.eps = float(nop.eps);
-  in.out_scale = nop.out_scale;
-  const int64_t N = plan_.weight(lop.weights[0]).shape[0];
-  cuda::gemv(in, M, K, lin.w[0], lin.wt, lop.gated ? N / 2 : N,
-             !lop.gated && lin.w.size() > 1 ? lin.w[1] : nullptr, to_kernel_act(lop.act), lop.gated,
-             lop.residual, out.data, out.dtype, impl_->stream);
+  cuda::StepLinear L;
+  L.in.x = src.data;
+  L.in.xt = src.dtype;
+  L.in.rows = take ? impl_->dev(impl_->meta.take_src) : nullptr;
+  L.in.gamma = static_cast<const float*>(norm.w[0]);
+  L.in.beta = norm.w.size() > 1 ? static_cast<const float*>(norm.w[1]) : nullptr;
+  L.in.rms = nop.norm == NormKind::RMS;
+  L.in.eps = float(nop.eps);
+  L.in.out_scale = nop.out_scale;
+  linear_call(lin, K, out, L);
+  if (call)
+    *call = L;
+  else
+    cuda::gemv(L.in, M, K, L.W, L.wt, L.N, L.bias, L.act, L.gated, L.residual, L.y, L.yt, impl_->stream);
   return n;
+}
+
+void CudaSession::linear_call(const BoundOp& lin, int64_t K, const Buffer& out, cuda::StepLinear& L) const {
+  const Op& op = *lin.op;
+  const int64_t N = plan_.weight(op.weights[0]).shape[0];
+  L.K = K;
+  L.W = lin.w[0];
+  L.wt = lin.wt;
+  L.N = op.gated ? N / 2 : N;
+  L.bias = !op.gated && lin.w.size() > 1 ? lin.w[1] : nullptr;
+  L.act = to_kernel_act(op.act);
+  L.gated = op.gated;
+  L.residual = op.residual;
+  L.y = out.data;
+  L.yt = out.dtype;
+}
+
+cuda::AttentionArgs CudaSession::attention_args(const BoundOp& b, const Pass& pass) {
+  const Op& op = *b.op;
+  const MetaLayout& L = impl_->meta;
+    Buffer& in = buffer(b.in);
+    Buffer& out = buffer(b.out);
+    out.rows = in.rows;
+    const int64_t I = op.heads * op.head_dim;
+    const size_t es = dtype_size(compute_);
+    cuda::AttentionArgs a;
+    a.q = in.data;
+    a.q_stride = in.width;
+    a.tok_row = impl_->dev(L.tok_row);
+    a.tok_pos = impl_->dev(L.tok_pos);
+    a.T = in.rows;
+    a.heads = int(op.heads);
+    a.head_dim = int(op.head_dim);
+    a.scale = op.scale;
+    a.causal = op.causal;
+    a.out = out.data;
+    a.out_stride = out.width;
+    a.dtype = compute_;
+    a.partials = impl_->partials;
+    a.split_counters = impl_->split_counters;
+    a.max_keys = max_length_;
+    switch (op.kv) {
+      case KVSource::Local:
+        a.k = static_cast<char*>(in.data) + size_t(I) * es;
+        a.v = static_cast<char*>(in.data) + size_t(2 * I) * es;
+        a.kv_stride = in.width;
+        a.key_base = impl_->dev(L.local_base);
+        a.key_count = impl_->dev(L.local_count);
+        break;
+      case KVSource::Self:
+        a.k = self_k_[size_t(op.slot)];
+        a.v = self_v_[size_t(op.slot)];
+        a.kv_stride = I;
+        a.key_base = impl_->dev(L.self_base);
+        a.key_count = impl_->dev(L.self_count);
+        a.splits = pass.splits_self;
+        if (pass.decode) {  // the new token's key and value go into the cache inside attention
+          a.fresh = in.data;
+          a.fresh_stride = in.width;
+          a.fresh_k_offset = I;
+          a.fresh_v_offset = 2 * I;
+          if (!cuda::attention_can_fuse_store(a)) a.fresh = nullptr;
+          a.cache_ready = a.fresh != nullptr;
+        }
+        break;
+      case KVSource::Cross:
+        a.k = cross_k_[size_t(op.slot)];
+        a.v = cross_v_[size_t(op.slot)];
+        a.kv_stride = I;
+        a.key_base = impl_->dev(L.cross_base);
+        a.key_count = impl_->dev(L.cross_count);
+        a.splits = pass.splits_cross;
+        a.cache_ready = pass.decode;  // filled by the encoder forward
+        break;
+    }
+    if (b.bias >= 0) {
+      const PositionBias& pb = position_biases_[size_t(b.bias)];
+      a.bias_table = pb.table;
+      a.bucket = pb.bucket;
+      a.bucket_center = max_length_;
+    }
+  return a;
 }
 
 void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
@@ -954,9 +1110,10 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
       const int64_t N = plan_.weight(op.weights[0]).shape[0];
       if (in.dtype != b.wt && in.rows <= cuda::kGemvMaxRows &&
           cuda::gemv_stages_input(in.rows, in.width, b.wt)) {  // the GEMV converts while staging its input
-        cuda::gemv(cuda::LinearInput{in.data, in.dtype}, in.rows, in.width, b.w[0], b.wt,
-                   op.gated ? N / 2 : N, !op.gated && b.w.size() > 1 ? b.w[1] : nullptr,
-                   to_kernel_act(op.act), op.gated, op.residual, out.data, out.dtype, s);
+        cuda::StepLinear L;
+        L.in = cuda::LinearInput{in.data, in.dtype};
+        linear_call(b, in.width, out, L);
+        cuda::gemv(L.in, in.rows, L.K, L.W, L.wt, L.N, L.bias, L.act, L.gated, L.residual, L.y, L.yt, s);
         return;
       }
       const void* x = in.data;
@@ -973,71 +1130,11 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
       return;
     }
     case OpKind::Attention: {
-      Buffer& in = buffer(b.in);
-      Buffer& out = buffer(b.out);
-      out.rows = in.rows;
-      const int64_t I = op.heads * op.head_dim;
-      const size_t es = dtype_size(compute_);
-      cuda::AttentionArgs a;
-      a.q = in.data;
-      a.q_stride = in.width;
-      a.tok_row = impl_->dev(L.tok_row);
-      a.tok_pos = impl_->dev(L.tok_pos);
-      a.T = in.rows;
-      a.heads = int(op.heads);
-      a.head_dim = int(op.head_dim);
-      a.scale = op.scale;
-      a.causal = op.causal;
-      a.out = out.data;
-      a.out_stride = out.width;
-      a.dtype = compute_;
-      a.partials = impl_->partials;
-      a.split_counters = impl_->split_counters;
-      a.max_keys = max_length_;
-      switch (op.kv) {
-        case KVSource::Local:
-          a.k = static_cast<char*>(in.data) + size_t(I) * es;
-          a.v = static_cast<char*>(in.data) + size_t(2 * I) * es;
-          a.kv_stride = in.width;
-          a.key_base = impl_->dev(L.local_base);
-          a.key_count = impl_->dev(L.local_count);
-          break;
-        case KVSource::Self:
-          a.k = self_k_[size_t(op.slot)];
-          a.v = self_v_[size_t(op.slot)];
-          a.kv_stride = I;
-          a.key_base = impl_->dev(L.self_base);
-          a.key_count = impl_->dev(L.self_count);
-          a.splits = pass.splits_self;
-          if (pass.decode) {  // the new token's key and value go into the cache inside attention
-            a.fresh = in.data;
-            a.fresh_stride = in.width;
-            a.fresh_k_offset = I;
-            a.fresh_v_offset = 2 * I;
-            if (!cuda::attention_can_fuse_store(a)) a.fresh = nullptr;
-            a.cache_ready = a.fresh != nullptr;
-          }
-          if (!a.fresh)
-            cuda::store_kv(in.data, in.width, I, 2 * I, I, in.rows, impl_->dev(L.tok_row),
-                           impl_->dev(L.tok_pos), impl_->dev(L.phys), max_length_, compute_,
-                           self_k_[size_t(op.slot)], self_v_[size_t(op.slot)], s);
-          break;
-        case KVSource::Cross:
-          a.k = cross_k_[size_t(op.slot)];
-          a.v = cross_v_[size_t(op.slot)];
-          a.kv_stride = I;
-          a.key_base = impl_->dev(L.cross_base);
-          a.key_count = impl_->dev(L.cross_count);
-          a.splits = pass.splits_cross;
-          a.cache_ready = pass.decode;  // filled by the encoder forward
-          break;
-      }
-      if (b.bias >= 0) {
-        const PositionBias& pb = position_biases_[size_t(b.bias)];
-        a.bias_table = pb.table;
-        a.bucket = pb.bucket;
-        a.bucket_center = max_length_;
-      }
+      const cuda::AttentionArgs a = attention_args(b, pass);
+      if (op.kv == KVSource::Self && !a.fresh)
+        cuda::store_kv(a.q, a.q_stride, op.heads * op.head_dim, 2 * op.heads * op.head_dim,
+                       op.heads * op.head_dim, a.T, impl_->dev(L.tok_row), impl_->dev(L.tok_pos),
+                       impl_->dev(L.phys), max_length_, compute_, a.k, a.v, s);
       cuda::attention(a, s);
       return;
     }

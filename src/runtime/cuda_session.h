@@ -36,6 +36,11 @@ struct CUstream_st;
 
 namespace kestrel {
 
+namespace cuda {
+struct StepLinear;
+struct AttentionArgs;
+}  // namespace cuda
+
 struct CudaSessionOptions {
   std::string precision = "fp16";  // fp32 | fp16 | bf16
   int64_t max_batch = 8;           // rows of KV cache planned up front (beams count as rows)
@@ -154,9 +159,16 @@ class CudaSession final : public Session {
   };
   void run_program(const std::vector<BoundOp>& program, const Pass& pass);
   void run_op(const BoundOp& b, const Pass& pass);
-  // Runs program[i..] as one GEMV if it is a take_outputs/norm chain into a decode-sized linear; returns the
-  // number of ops consumed (0: not fused).
-  size_t fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass);
+  // Runs program[i..] as one GEMV if it is a take_outputs/norm chain into a decode-sized linear (or, with
+  // `call`, only describes that GEMV there); returns the number of ops consumed (0: not fused).
+  size_t fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass,
+                      cuda::StepLinear* call = nullptr);
+  // The weight, output and epilogue of linear op `lin` over inputs of width K, into L (L.in is the caller's).
+  void linear_call(const BoundOp& lin, int64_t K, const Buffer& out, cuda::StepLinear& L) const;
+  cuda::AttentionArgs attention_args(const BoundOp& b, const Pass& pass);
+  // Builds and uploads the persistent step kernel's program for decode steps of one row (once); false when
+  // the plan has an op it cannot run.
+  bool prepare_step_kernel(const std::vector<BoundOp>& program, const Pass& pass);
   int choose_splits(int64_t T, int64_t heads, int64_t max_keys) const;
   void begin(const TokenRows& rows, const TokenRows& decoder_prefix, Want want, const Outputs& outputs,
              bool all_positions);

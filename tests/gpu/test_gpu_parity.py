@@ -139,6 +139,32 @@ def test_scores_and_greedy_match_transformers(models, tmp_path, arch, precision)
             assert out["greedy"][b] == hf_greedy(hf, start[b], n, p if t5 else None), f"row {b}"
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("arch", ["gpt2", "t5_gated"])
+def test_step_kernel_matches_op_by_op_decode(models, tmp_path, arch, precision):
+    """The persistent decode-step kernel (KESTREL_STEP_KERNEL=1, one row) against the op-by-op graph and, in
+    fp32, transformers' greedy."""
+    t5 = arch.startswith("t5")
+    prompts = [T5_INPUTS[2]] if t5 else [GPT2_PROMPTS[0]]
+    n = 40
+    one = drive(tmp_path / "one", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_STEP_KERNEL": "1"})
+    ops = drive(tmp_path / "ops", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_STEP_KERNEL": "0"})
+    # Compared up to the first step whose token differs (16-bit rounding may tip a near tie; after it the
+    # contexts differ).
+    a, b = one["greedy"][0], ops["greedy"][0]
+    same = next((i for i in range(n) if a[i] != b[i]), n - 1) + 1
+    err = float(np.abs(one["steps"].reshape(n, -1)[:same] - ops["steps"].reshape(n, -1)[:same]).max())
+    report(test="step_kernel", arch=arch, precision=precision, step_max_abs_diff=err, same_tokens=same)
+    assert np.isfinite(one["steps"]).all()
+    assert err <= TOL[precision], f"{arch} {precision}: step kernel log-probs differ by {err}"
+    assert one["greedy_device"] == one["greedy"]
+    if precision == "fp32":
+        assert one["greedy"] == ops["greedy"]
+        hf = hf_model(models[arch], t5)
+        start = [0] if t5 else prompts[0]
+        assert one["greedy"][0] == hf_greedy(hf, start, n, prompts[0] if t5 else None)
+
+
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5_gated"])
 def test_16bit_greedy_agrees_with_fp32_on_long_generation(models, tmp_path, arch, precision):

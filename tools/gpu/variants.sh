@@ -14,7 +14,7 @@ for size in ${SIZES//,/ }; do
     for i in "${!envs[@]}"; do
       [[ ${envs[$i]} == DRIVER=* ]] && { driver=${envs[$i]#DRIVER=}; unset "envs[$i]"; }
     done
-    env "${envs[@]}" "$driver" --model "$TMP/$size" --device cuda --precision fp16 \
+    timeout 180 env "${envs[@]}" "$driver" --model "$TMP/$size" --device cuda --precision fp16 \
       --prompts "$TMP/p.json" --new-tokens 64 --bench-runs 3 --bench-only --max-batch 1 --max-length 256 \
       --out "$TMP/o" 2> "$TMP/err" || { echo "$size [$variant] failed: $(tail -2 "$TMP/err")"; continue; }
     $PY -c 'import json,statistics as s,sys; b=json.load(open(sys.argv[1]))["bench"]; print(f"{sys.argv[2]:8s} [{sys.argv[3]}] step {s.median(b["step_ms"]):.4f} ms  e2e {s.median(b["e2e_ms"]):.2f} ms  first {s.median(b["first_ms"]):.3f} ms")' \

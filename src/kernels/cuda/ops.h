@@ -6,6 +6,7 @@
 // (F32, F16 or BF16); accumulation is always fp32. Nothing here knows GPT-2 from T5.
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "core/dtype.h"
 #include "kernels/act.h"
@@ -156,6 +157,45 @@ constexpr int kMaxHeadDim = 256;
 void attention(const AttentionArgs& a, Stream stream);
 // Whether attention() can take `a` with its `fresh` fields set (head rows 16-byte aligned).
 bool attention_can_fuse_store(const AttentionArgs& a);
+
+// The decode step of a batch of one token as a single persistent kernel (step_kernel.cu says how): the ops
+// below, in order, with a grid-wide barrier between them; the weights of every linear op are streamed
+// continuously, across the barriers. Device memory for the program (step_program_bytes) comes from the
+// caller; run_step_program may be captured in a CUDA graph.
+enum class StepKind : int32_t { Embed, Linear, Attention };
+struct StepEmbed {  // embedding() of one token
+  const int32_t* ids = nullptr;
+  const int32_t* positions = nullptr;
+  const void* table = nullptr;
+  const void* pos_table = nullptr;  // may be null
+  DType table_t = DType::F32;
+  int64_t D = 0;
+  float* y = nullptr;
+};
+struct StepLinear {  // gemv() of one row (in.rows unused)
+  LinearInput in;
+  int64_t K = 0;
+  const void* W = nullptr;
+  DType wt = DType::F32;
+  int64_t N = 0;  // output features (F when gated)
+  const void* bias = nullptr;
+  Act act = Act::Identity;
+  bool gated = false, residual = false;
+  void* y = nullptr;
+  DType yt = DType::F32;
+};
+struct StepOp {
+  StepKind kind = StepKind::Embed;
+  StepEmbed embed;
+  StepLinear linear;
+  AttentionArgs attention;  // one query token (T = 1) of batch row 0; splits are chosen on the device
+};
+// Whether the step kernel runs `op` (alignment, staging limits); a step with any other op runs op by op.
+bool step_kernel_supports(const StepOp& op);
+size_t step_program_bytes(size_t n_ops);
+// Copies `ops` into `program` (step_program_bytes(ops.size()) bytes of device memory) and waits.
+void upload_step_program(const std::vector<StepOp>& ops, void* program, Stream stream);
+void run_step_program(const void* program, size_t n_ops, Stream stream);
 
 // ids[r] = argmax over logits[r, :V] (fp32), the first index on ties (as torch.argmax).
 // `scratch` holds R * kArgmaxSlices 64-bit keys.
