@@ -75,18 +75,18 @@ __device__ __forceinline__ T load_cg(const T* p) {
   }
 }
 
-// Grid-wide barrier over a counter that grows by gridDim.x per barrier (reset at the kernel's end).
+// Grid-wide barrier over a counter that grows by gridDim.x per barrier (reset at the kernel's end): the block's
+// writes are ordered before the control thread's release by bar.sync, and the acquire that sees every block
+// arrived orders everyone's reads after it (as CUTLASS's GenericBarrier; no full fences).
 __device__ __forceinline__ void grid_barrier(unsigned* count, unsigned& target) {
   __syncthreads();
   target += gridDim.x;
   if (threadIdx.x == kWarps * 32) {
-    __threadfence();
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
     unsigned seen = 0;
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(count) : "memory");
     } while (seen < target);
-    __threadfence();
   }
   __syncthreads();
 }
@@ -250,27 +250,48 @@ __device__ void stage_row(const LinearInput& in, int64_t K, TW* xs, float* red) 
 }
 
 // Finished outputs of a warp wait in shared memory (raw dot products; gated: act(gate) * up) and are written
-// kPending at a time by all lanes, so the bias and residual loads of the epilogue cost one round trip, not
-// one per feature.
+// kPendingPairs pairs at a time by all lanes. The bias and residual of a warp's first 32 outputs are loaded
+// into registers when the phase starts (`Epilogue`), so the phase's tail has no load to wait for.
 constexpr int kPendingPairs = kPendingFloats / 2;
 
-template <typename TW, typename TY>
+// Output e of a warp's walk (pair e / 2, first or second row): its feature, or -1 when it has none.
+__device__ __forceinline__ int64_t output_feature(const LinearWork& w, int64_t f_first, int e) {
+  const int64_t f = f_first + int64_t(e / 2) * w.step;
+  if (f >= w.N) return -1;
+  if (!(e & 1)) return f;
+  return w.gated ? -1 : w.partner(f);
+}
+
+struct Epilogue {
+  float bias = 0.0f, residual = 0.0f;  // of output `lane` of the first batch
+};
+
+template <typename TY>
+__device__ Epilogue preload_epilogue(const StepLinear& L, const LinearWork& w, int64_t f_first) {
+  Epilogue ep;
+  const int64_t n = output_feature(w, f_first, threadIdx.x & 31);
+  if (n >= 0) {
+    if (L.bias && !w.gated) ep.bias = to_f32(static_cast<const TY*>(L.bias)[n]);
+    if (L.residual) ep.residual = to_f32(load_cg(static_cast<const TY*>(L.y) + n));
+  }
+  return ep;
+}
+
+template <typename TY>
 __device__ void flush_outputs(const StepLinear& L, const LinearWork& w, int64_t f_first, int pairs,
-                              const float* pending) {
+                              const float* pending, const Epilogue* first) {
   __syncwarp();
   for (int e = threadIdx.x & 31; e < 2 * pairs; e += 32) {
-    const int64_t f = f_first + int64_t(e / 2) * w.step;
-    const bool second = e & 1;
-    if (second && w.gated) continue;
-    const int64_t n = second ? w.partner(f) : f;
+    const int64_t n = output_feature(w, f_first, e);
     if (n < 0) continue;
+    const bool preloaded = first && e < 32;
     float v = pending[e];
+    TY* out = static_cast<TY*>(L.y) + n;
     if (!w.gated) {
-      if (L.bias) v += to_f32(static_cast<const TY*>(L.bias)[n]);
+      if (L.bias) v += preloaded ? first->bias : to_f32(static_cast<const TY*>(L.bias)[n]);
       v = activate(L.act, v);
     }
-    TY* out = static_cast<TY*>(L.y) + n;
-    if (L.residual) v += to_f32(load_cg(out));
+    if (L.residual) v += preloaded ? first->residual : to_f32(load_cg(out));
     *out = from_f32<TY>(v);
   }
   __syncwarp();
@@ -282,24 +303,34 @@ template <typename TW>
 __device__ void linear_phase(const StepLinear& L, const Ring& ring, WeightFeed& feed, int& slot, char* stage,
                              float* red, float* pending, unsigned flags) {
   const LinearWork w(L, feed.S);
+  const bool control = (threadIdx.x >> 5) >= kWarps;
+  Epilogue ep;  // issued before staging, so the two round trips overlap
+  if (!control)
+    ep = L.yt == DType::F32 ? preload_epilogue<float>(L, w, feed.gw) : preload_epilogue<TW>(L, w, feed.gw);
   const bool staged = L.in.gamma || L.in.xt != L.wt || size_t(L.K) * sizeof(TW) <= kStageBytes;
   const TW* x = static_cast<const TW*>(L.in.x);
   if (staged) {
     TW* xs = reinterpret_cast<TW*>(stage);
-    if (L.in.xt == DType::F32)
+    if (flags & 8)
+      __syncthreads();
+    else if (L.in.xt == DType::F32)
       stage_row<TW, float>(L.in, L.K, xs, red);
     else
       stage_row<TW, TW>(L.in, L.K, xs, red);
     x = xs;
   }
-  if ((threadIdx.x >> 5) >= kWarps) return;  // the control warp
+  if (control) return;
   const uint4* xv = reinterpret_cast<const uint4*>(x);
   const int lane = threadIdx.x & 31;
+  bool first_batch = true;
   auto flush = [&](int64_t f_first, int pairs) {
+    if (flags & 16) return;
+    const Epilogue* pre = first_batch ? &ep : nullptr;
+    first_batch = false;
     if (L.yt == DType::F32)
-      flush_outputs<TW, float>(L, w, f_first, pairs, pending);
+      flush_outputs<float>(L, w, f_first, pairs, pending, pre);
     else
-      flush_outputs<TW, TW>(L, w, f_first, pairs, pending);
+      flush_outputs<TW>(L, w, f_first, pairs, pending, pre);
   };
   int64_t f_first = feed.gw;
   int pairs = 0;
@@ -370,6 +401,21 @@ __device__ void embed_phase(const StepEmbed& e) {
 // position also stores them into the cache. With several splits the unit that finishes last merges them.
 constexpr int kMaxValueLoads = 8;  // value vectors a lane keeps in flight per pass
 
+// How the keys of a decode attention op split into warp units (head, split): `chunk` keys each.
+struct AttentionUnits {
+  int row, qpos, count, splits, chunk;
+  __device__ AttentionUnits(const AttentionArgs& a, int64_t S) {
+    row = a.tok_row[0];
+    qpos = a.tok_pos[0];
+    count = a.key_count[row];
+    if (a.causal) count = min(count, qpos + 1);
+    splits = max(1, min(kMaxStepSplits, (count + kKeysPerPass - 1) / kKeysPerPass));
+    splits = max(1, min(splits, int(S / a.heads)));
+    chunk = (count + splits - 1) / splits;
+  }
+  __device__ int64_t total(const AttentionArgs& a) const { return int64_t(a.heads) * splits; }
+};
+
 template <typename T>
 __device__ void attention_phase(const AttentionArgs& a, float* scratch, int64_t gw, int64_t S) {
   constexpr int V = kVec<T>;
@@ -378,13 +424,10 @@ __device__ void attention_phase(const AttentionArgs& a, float* scratch, int64_t 
   const int groups = 32 / DV, g = lane / DV, col = lane % DV;  // value layout (g < groups lanes only)
   float* qs = scratch;                 // [D]
   float* sums = scratch + kMaxHeadDim;  // [groups][D]
-  const int row = a.tok_row[0], qpos = a.tok_pos[0];
-  int count = a.key_count[row];
-  if (a.causal) count = min(count, qpos + 1);
-  int splits = max(1, min(kMaxStepSplits, (count + kKeysPerPass - 1) / kKeysPerPass));
-  splits = max(1, min(splits, int(S / a.heads)));
-  const int chunk = (count + splits - 1) / splits;
-  for (int64_t u = gw; u < int64_t(a.heads) * splits; u += S) {
+  const AttentionUnits units(a, S);
+  const int row = units.row, qpos = units.qpos, count = units.count, splits = units.splits;
+  const int chunk = units.chunk;
+  for (int64_t u = gw; u < units.total(a); u += S) {
     const int h = int(u / splits), sp = int(u % splits);
     const int k0 = sp * chunk, k1 = min(count, k0 + chunk);
     const T* q = static_cast<const T*>(a.q) + int64_t(h) * D;
@@ -632,7 +675,8 @@ size_t step_program_bytes(size_t n_ops) {
 
 void upload_step_program(const std::vector<StepOp>& ops, void* program, Stream stream) {
   std::vector<char> host(step_program_bytes(ops.size()), 0);
-  // KESTREL_STEP_DEBUG (bits: 1 no barriers, 2 no attention, 4 no linear arithmetic) leaves parts of the step
+  // KESTREL_STEP_DEBUG (bits: 1 no barriers, 2 no attention, 4 no linear arithmetic, 8 no input staging, 16
+  // no output stores) leaves parts of the step
   // out, for finding where its time goes; results are then wrong.
   const char* debug = std::getenv("KESTREL_STEP_DEBUG");
   const unsigned flags = debug ? unsigned(std::atoi(debug)) : 0u;
