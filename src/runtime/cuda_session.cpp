@@ -815,6 +815,8 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   pass.splits_self = encoder ? 1 : choose_splits(T, heads_, max_self);
   pass.splits_cross = encoder ? 1 : choose_splits(T, heads_, max_cross);
   pass.decode = one_token_each;
+  pass.rows = B;
+  for (const auto& r : tokens) pass.max_row_tokens = std::max(pass.max_row_tokens, int64_t(r.size()));
   const Buffer& out = buffers_[size_t(decoder_.back().out)];
   auto argmax = [&] {
     cuda::argmax_rows(static_cast<const float*>(out.data), out_rows, out.width, impl_->ids_dev,
@@ -911,8 +913,12 @@ bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const
       Buffer& out = buffer(b.out);
       out.rows = pass.T;
       s.kind = cuda::StepKind::Embed;
-      s.embed = {impl_->dev(impl_->meta.ids), impl_->dev(impl_->meta.tok_pos), b.w[0],
-                 plan_.embed_positions && b.w.size() > 1 ? b.w[1] : nullptr,  b.wt, out.width,
+      s.embed = {impl_->dev(impl_->meta.ids),
+                 impl_->dev(impl_->meta.tok_pos),
+                 b.w[0],
+                 plan_.embed_positions && b.w.size() > 1 ? b.w[1] : nullptr,
+                 b.wt,
+                 out.width,
                  static_cast<float*>(out.data)};
       used = 1;
     } else if (b.op->kind == OpKind::Linear) {
@@ -1010,67 +1016,73 @@ void CudaSession::linear_call(const BoundOp& lin, int64_t K, const Buffer& out, 
 cuda::AttentionArgs CudaSession::attention_args(const BoundOp& b, const Pass& pass) {
   const Op& op = *b.op;
   const MetaLayout& L = impl_->meta;
-    Buffer& in = buffer(b.in);
-    Buffer& out = buffer(b.out);
-    out.rows = in.rows;
-    const int64_t I = op.heads * op.head_dim;
-    const size_t es = dtype_size(compute_);
-    cuda::AttentionArgs a;
-    a.q = in.data;
-    a.q_stride = in.width;
-    a.tok_row = impl_->dev(L.tok_row);
-    a.tok_pos = impl_->dev(L.tok_pos);
-    a.T = in.rows;
-    a.heads = int(op.heads);
-    a.head_dim = int(op.head_dim);
-    a.scale = op.scale;
-    a.causal = op.causal;
-    a.out = out.data;
-    a.out_stride = out.width;
-    a.dtype = compute_;
-    a.partials = impl_->partials;
-    a.split_counters = impl_->split_counters;
-    a.max_keys = max_length_;
-    switch (op.kv) {
-      case KVSource::Local:
-        a.k = static_cast<char*>(in.data) + size_t(I) * es;
-        a.v = static_cast<char*>(in.data) + size_t(2 * I) * es;
-        a.kv_stride = in.width;
-        a.key_base = impl_->dev(L.local_base);
-        a.key_count = impl_->dev(L.local_count);
-        break;
-      case KVSource::Self:
-        a.k = self_k_[size_t(op.slot)];
-        a.v = self_v_[size_t(op.slot)];
-        a.kv_stride = I;
-        a.key_base = impl_->dev(L.self_base);
-        a.key_count = impl_->dev(L.self_count);
-        a.splits = pass.splits_self;
-        if (pass.decode) {  // the new token's key and value go into the cache inside attention
-          a.fresh = in.data;
-          a.fresh_stride = in.width;
-          a.fresh_k_offset = I;
-          a.fresh_v_offset = 2 * I;
-          if (!cuda::attention_can_fuse_store(a)) a.fresh = nullptr;
-          a.cache_ready = a.fresh != nullptr;
-        }
-        break;
-      case KVSource::Cross:
-        a.k = cross_k_[size_t(op.slot)];
-        a.v = cross_v_[size_t(op.slot)];
-        a.kv_stride = I;
-        a.key_base = impl_->dev(L.cross_base);
-        a.key_count = impl_->dev(L.cross_count);
-        a.splits = pass.splits_cross;
-        a.cache_ready = pass.decode;  // filled by the encoder forward
-        break;
-    }
-    if (b.bias >= 0) {
-      const PositionBias& pb = position_biases_[size_t(b.bias)];
-      a.bias_table = pb.table;
-      a.bucket = pb.bucket;
-      a.bucket_center = max_length_;
-    }
+  Buffer& in = buffer(b.in);
+  Buffer& out = buffer(b.out);
+  out.rows = in.rows;
+  const int64_t I = op.heads * op.head_dim;
+  const size_t es = dtype_size(compute_);
+  cuda::AttentionArgs a;
+  a.q = in.data;
+  a.q_stride = in.width;
+  a.tok_row = impl_->dev(L.tok_row);
+  a.tok_pos = impl_->dev(L.tok_pos);
+  a.T = in.rows;
+  a.heads = int(op.heads);
+  a.head_dim = int(op.head_dim);
+  a.scale = op.scale;
+  a.causal = op.causal;
+  a.out = out.data;
+  a.out_stride = out.width;
+  a.dtype = compute_;
+  a.partials = impl_->partials;
+  a.split_counters = impl_->split_counters;
+  a.max_keys = max_length_;
+  if (!pass.decode) {  // prompt passes: each row's queries are consecutive tokens (tensor-core attention)
+    a.q_base = impl_->dev(L.local_base);
+    a.q_count = impl_->dev(L.local_count);
+    a.rows = int(pass.rows);
+    a.max_queries = pass.max_row_tokens;
+  }
+  switch (op.kv) {
+    case KVSource::Local:
+      a.k = static_cast<char*>(in.data) + size_t(I) * es;
+      a.v = static_cast<char*>(in.data) + size_t(2 * I) * es;
+      a.kv_stride = in.width;
+      a.key_base = impl_->dev(L.local_base);
+      a.key_count = impl_->dev(L.local_count);
+      break;
+    case KVSource::Self:
+      a.k = self_k_[size_t(op.slot)];
+      a.v = self_v_[size_t(op.slot)];
+      a.kv_stride = I;
+      a.key_base = impl_->dev(L.self_base);
+      a.key_count = impl_->dev(L.self_count);
+      a.splits = pass.splits_self;
+      if (pass.decode) {  // the new token's key and value go into the cache inside attention
+        a.fresh = in.data;
+        a.fresh_stride = in.width;
+        a.fresh_k_offset = I;
+        a.fresh_v_offset = 2 * I;
+        if (!cuda::attention_can_fuse_store(a)) a.fresh = nullptr;
+        a.cache_ready = a.fresh != nullptr;
+      }
+      break;
+    case KVSource::Cross:
+      a.k = cross_k_[size_t(op.slot)];
+      a.v = cross_v_[size_t(op.slot)];
+      a.kv_stride = I;
+      a.key_base = impl_->dev(L.cross_base);
+      a.key_count = impl_->dev(L.cross_count);
+      a.splits = pass.splits_cross;
+      a.cache_ready = pass.decode;  // filled by the encoder forward
+      break;
+  }
+  if (b.bias >= 0) {
+    const PositionBias& pb = position_biases_[size_t(b.bias)];
+    a.bias_table = pb.table;
+    a.bucket = pb.bucket;
+    a.bucket_center = max_length_;
+  }
   return a;
 }
 

@@ -154,6 +154,7 @@ class CudaSession final : public Session {
   // one token (decode: the KV-cache store happens inside attention).
   struct Pass {
     int64_t T = 0, out_rows = 0;
+    int64_t rows = 0, max_row_tokens = 0;  // batch rows, and the most tokens one of them feeds
     int splits_self = 1, splits_cross = 1;
     bool decode = false;
   };

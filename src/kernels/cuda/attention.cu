@@ -18,6 +18,7 @@
 // with an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
 #include <algorithm>
 
+#include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
 
@@ -378,6 +379,7 @@ void attention(const AttentionArgs& a, Stream stream) {
     fail("attention: head_dim " + std::to_string(a.head_dim) + " is not supported by the CUDA backend (1.." +
          std::to_string(kMaxHeadDim) + "); use --device cpu");
   if (a.splits < 1 || (a.splits > 1 && !a.partials)) internal_error("attention: bad split configuration");
+  if (attention_tc(a, stream)) return;
   const dim3 grid(unsigned(a.T), unsigned(a.heads), unsigned(a.splits));
   dispatch_dtype(a.dtype, [&](auto z) {
     using T = decltype(z);

@@ -152,6 +152,13 @@ struct AttentionArgs {
   // T * heads zero-initialised counters: with them the last split block of each (token, head) merges the
   // partials itself and resets its counter; without, a second kernel merges.
   int* split_counters = nullptr;
+  // Prompt passes: the query tokens of batch row b are q_base[b] .. q_base[b] + q_count[b] - 1, over `rows`
+  // rows of at most max_queries tokens. With them, fp16 / bf16 attention runs on tensor cores, 64 queries
+  // sharing each tile of keys (attention_tc.cu).
+  const int32_t* q_base = nullptr;
+  const int32_t* q_count = nullptr;
+  int rows = 0;
+  int64_t max_queries = 0;
 };
 constexpr int kMaxHeadDim = 256;
 void attention(const AttentionArgs& a, Stream stream);

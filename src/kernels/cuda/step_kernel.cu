@@ -38,7 +38,7 @@ constexpr int kThreads = kBlockWarps * 32;
 constexpr int kChunk = 2;   // 16-byte vectors per lane and weight row in one chunk
 constexpr int kDepth = 11;  // chunks in flight per lane
 constexpr size_t kRingBytes = size_t(kDepth) * 2 * kChunk * 16 * kWarps * 32;  // 154 KiB
-constexpr size_t kStageBytes = size_t(40) << 10;                             // a staged input row
+constexpr size_t kStageBytes = size_t(40) << 10;                               // a staged input row
 constexpr int kPendingFloats = 128;  // per warp: 2 * kPendingPairs finished outputs (linear_phase)
 // Per warp: the attention query and its value groups' partial sums, or the pending outputs of a linear op.
 constexpr size_t kScratchFloats = 2 * kMaxHeadDim;
@@ -75,9 +75,9 @@ __device__ __forceinline__ T load_cg(const T* p) {
   }
 }
 
-// Grid-wide barrier over a counter that grows by gridDim.x per barrier (reset at the kernel's end): the block's
-// writes are ordered before the control thread's release by bar.sync, and the acquire that sees every block
-// arrived orders everyone's reads after it (as CUTLASS's GenericBarrier; no full fences).
+// Grid-wide barrier over a counter that grows by gridDim.x per barrier (reset at the kernel's end): the
+// block's writes are ordered before the control thread's release by bar.sync, and the acquire that sees every
+// block arrived orders everyone's reads after it (as CUTLASS's GenericBarrier; no full fences).
 __device__ __forceinline__ void grid_barrier(unsigned* count, unsigned& target) {
   __syncthreads();
   target += gridDim.x;
@@ -115,7 +115,9 @@ struct LinearWork {
 // This lane's ring: slot s, vector v (kChunk of the first row, then kChunk of the second).
 struct Ring {
   uint4* base;  // the warp's ring
-  __device__ uint4* at(int slot, int v) const { return base + (slot * 2 * kChunk + v) * 32 + (threadIdx.x & 31); }
+  __device__ uint4* at(int slot, int v) const {
+    return base + (slot * 2 * kChunk + v) * 32 + (threadIdx.x & 31);
+  }
 };
 
 // Issues the step's weight chunks, in the order linear_phase consumes them, kDepth ahead. The walk's state
@@ -377,7 +379,8 @@ __device__ void linear_phase(const StepLinear& L, const Ring& ring, WeightFeed& 
 
 __device__ void embed_phase(const StepEmbed& e) {
   const int64_t id = e.ids[0], pos = e.positions[0];
-  for (int64_t d = int64_t(blockIdx.x) * kThreads + threadIdx.x; d < e.D; d += int64_t(gridDim.x) * kThreads) {
+  for (int64_t d = int64_t(blockIdx.x) * kThreads + threadIdx.x; d < e.D;
+       d += int64_t(gridDim.x) * kThreads) {
     float v;
     float p = 0.0f;
     if (e.table_t == DType::F32) {
@@ -422,8 +425,8 @@ __device__ void attention_phase(const AttentionArgs& a, float* scratch, int64_t 
   const int lane = threadIdx.x & 31;
   const int D = a.head_dim, DV = D / V;
   const int groups = 32 / DV, g = lane / DV, col = lane % DV;  // value layout (g < groups lanes only)
-  float* qs = scratch;                 // [D]
-  float* sums = scratch + kMaxHeadDim;  // [groups][D]
+  float* qs = scratch;                                         // [D]
+  float* sums = scratch + kMaxHeadDim;                         // [groups][D]
   const AttentionUnits units(a, S);
   const int row = units.row, qpos = units.qpos, count = units.count, splits = units.splits;
   const int chunk = units.chunk;
@@ -436,10 +439,12 @@ __device__ void attention_phase(const AttentionArgs& a, float* scratch, int64_t 
     const T* fresh = a.fresh ? static_cast<const T*>(a.fresh) + int64_t(h) * D : nullptr;
     const int fresh_pos = fresh ? qpos : -1;
     auto key_row = [&](int j) {
-      return reinterpret_cast<const uint4*>(j == fresh_pos ? fresh + a.fresh_k_offset : kb + int64_t(j) * a.kv_stride);
+      return reinterpret_cast<const uint4*>(j == fresh_pos ? fresh + a.fresh_k_offset
+                                                           : kb + int64_t(j) * a.kv_stride);
     };
     auto value_row = [&](int j) {
-      return reinterpret_cast<const uint4*>(j == fresh_pos ? fresh + a.fresh_v_offset : vb + int64_t(j) * a.kv_stride);
+      return reinterpret_cast<const uint4*>(j == fresh_pos ? fresh + a.fresh_v_offset
+                                                           : vb + int64_t(j) * a.kv_stride);
     };
     for (int d = lane; d < D; d += 32) qs[d] = to_f32(load_cg(q + d)) * a.scale;
     __syncwarp();
@@ -586,7 +591,8 @@ __global__ void __launch_bounds__(kThreads, 1) step_kernel(const char* program, 
   const int64_t gw = int64_t(warp) * gridDim.x + blockIdx.x;
   const Ring ring{reinterpret_cast<uint4*>(smem) + int64_t(warp) * kDepth * 2 * kChunk * 32};
   char* stage = smem + kRingBytes;
-  float* scratch = reinterpret_cast<float*>(smem + kRingBytes + kStageBytes) + (control ? 0 : warp) * kScratchFloats;
+  float* scratch =
+      reinterpret_cast<float*>(smem + kRingBytes + kStageBytes) + (control ? 0 : warp) * kScratchFloats;
 
   const unsigned flags = barrier[2];  // KESTREL_STEP_DEBUG (timing experiments; results are wrong)
   WeightFeed feed{ops, n_ops, 0, gw, S};
@@ -653,9 +659,9 @@ bool step_kernel_supports(const StepOp& op) {
       const StepLinear& L = op.linear;
       const bool staged = L.in.gamma || L.in.xt != L.wt;
       const bool fits_stage = size_t(L.K) * dtype_size(L.wt) <= kStageBytes;
-      return !L.in.rows && fits16(L.K, L.wt) && aligned16(L.W) && (fits_stage || (!staged && aligned16(L.in.x))) &&
-             (L.in.xt == DType::F32 || L.in.xt == L.wt) && (L.yt == DType::F32 || L.yt == L.wt) &&
-             (!L.gated || !L.bias);
+      return !L.in.rows && fits16(L.K, L.wt) && aligned16(L.W) &&
+             (fits_stage || (!staged && aligned16(L.in.x))) && (L.in.xt == DType::F32 || L.in.xt == L.wt) &&
+             (L.yt == DType::F32 || L.yt == L.wt) && (!L.gated || !L.bias);
     }
     case StepKind::Attention: {
       const AttentionArgs& a = op.attention;
