@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what tests/gpu/run_all.sh needs from a CUDA build into a small folder to carry to a GPU machine:
 #   tests/gpu/pack_build.sh build build-gpu-pack
-# The GPU test driver and the `kestrel` CLI, stripped; the host libraries they link go into libs.tar.xz (the GPU
+# The GPU test driver and the `kestrel` CLI, stripped, in bins.tar.xz; the host libraries they link go into libs.tar.xz (the GPU
 # image may lack them, and ICU data alone is half the carry limit uncompressed): OpenBLAS and its
 # Fortran runtime unpack to lib/ (always used), everything else to lib/fallback/ (used only where the system has
 # none). run_all.sh unpacks it.
@@ -24,4 +24,7 @@ for path in $(libs); do
 done
 tar -C "$DST/stage" -cJf "$DST/libs.tar.xz" lib
 rm -rf "$DST/stage"
+# The two executables too (their fat binaries compress about 4x): the carry limit is 64 MiB with the tree.
+tar -C "$DST" -cJf "$DST/bins.tar.xz" tests/gpu/kestrel_gpu_driver src/cli/kestrel
+rm -rf "$DST/tests" "$DST/src"
 du -sh "$DST"

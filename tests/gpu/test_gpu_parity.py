@@ -95,6 +95,10 @@ def models(tmp_path_factory):
         "t5_gated": gpu_models.small_t5(d / "t5_gated", seed=1, gated=True),
         "t5_hot": gpu_models.small_t5(d / "t5_hot", seed=2, gated=True, ffn_scale=100000.0),
         "t5_wide": gpu_models.small_t5(d / "t5_wide", seed=3, gated=True, hidden_scale=30000.0),
+        # FFNs 32x wider than the model: the second projection's rows are long enough for the GEMV that splits
+        # each row over a block's warps (gemv_tall_kernel).
+        "gpt2_tall": gpu_models.small_gpt2(d / "gpt2_tall", seed=4, n_inner=4096),
+        "t5_tall": gpu_models.small_t5(d / "t5_tall", seed=5, d_ff=4096),
     }
 
 
@@ -137,6 +141,26 @@ def test_scores_and_greedy_match_transformers(models, tmp_path, arch, precision)
     if precision == "fp32":
         for b, p in enumerate(prompts):
             assert out["greedy"][b] == hf_greedy(hf, start[b], n, p if t5 else None), f"row {b}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("arch", ["gpt2_tall", "t5_tall"])
+def test_single_row_decode_with_tall_projections_matches_transformers(models, tmp_path, arch, precision):
+    """Decode of one row (the hand-written GEMVs, not cuBLASLt) on models whose FFN output projection takes the
+    split-row GEMV: every step's log-probs against transformers over the same tokens."""
+    t5 = arch.startswith("t5")
+    hf = hf_model(models[arch], t5)
+    prompt = T5_INPUTS[2] if t5 else GPT2_PROMPTS[0]
+    n = 16
+    out = drive(tmp_path, models[arch], precision, [prompt], new_tokens=n)
+    start = [0] if t5 else prompt
+    seq = start + out["greedy"][0]
+    lp = hf_logprobs(hf, seq[:-1], prompt if t5 else None)[len(start) - 1:]
+    err = float(np.abs(out["steps"].reshape(n, -1) - lp).max())
+    report(test="tall_gemv", arch=arch, precision=precision, step_max_abs_err=err)
+    assert err <= TOL[precision], f"{arch} {precision}: decode-step log-prob error {err}"
+    if precision == "fp32":
+        assert out["greedy"][0] == hf_greedy(hf, start, n, prompt if t5 else None)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

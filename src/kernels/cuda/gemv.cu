@@ -19,6 +19,7 @@
 // and writes or adds (residual) the result in the output dtype. Accumulation is fp32 throughout.
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -313,6 +314,94 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_kernel(GemvParams
   }
 }
 
+// Tall rows (GPT-2's second FFN projection, T5's wo: few output features, long rows): in gemv_kernel most
+// warps would have no feature and the rest a long serial walk, so here the eight warps of a block split each
+// feature's row instead, and reduce the eight partial sums through shared memory in a fixed order (the result
+// does not depend on timing). Block b takes features b, b + grid, ...; a gated feature's two rows together.
+// 16-byte loads per lane and row in flight (two rows when gated: fewer, to stay in the 3-blocks-an-SM registers)
+template <bool kGated>
+constexpr int kTallLoads = kGated ? 4 : 8;
+
+template <typename T, typename TX, typename TY, bool kStaged, bool kGated>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_tall_kernel(GemvParams p) {
+  extern __shared__ uint4 staged[];
+  __shared__ float part[kWarps][2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t K = p.K, N = p.N;
+  const int64_t nvec = K / kVec<T>;
+  const int64_t per_warp = (nvec + kWarps - 1) / kWarps;
+  const int64_t v0 = warp * per_warp, v1 = min(nvec, v0 + per_warp);
+  const T* W = static_cast<const T*>(p.W);
+  auto row = [&](int64_t f) { return reinterpret_cast<const uint4*>(W + f * K); };
+  constexpr int kLoads = kTallLoads<kGated>;
+  uint4 w0[kLoads], w1[kLoads];
+  auto issue = [&](int64_t f, int64_t base) {
+#pragma unroll
+    for (int c = 0; c < kLoads; ++c) {
+      const int64_t i = base + lane + 32 * c;
+      if (i < v1) {
+        w0[c] = ld_stream(row(f) + i);
+        if (kGated) w1[c] = ld_stream(row(f + N) + i);
+      }
+    }
+  };
+  const int64_t f_first = blockIdx.x;
+  if (f_first < N) issue(f_first, v0);  // weights never change: before the previous kernel has finished
+  pdl_wait();
+  pdl_trigger();
+  const T* x;
+  if constexpr (kStaged) {
+    stage_input<T, TX, 1>(p, reinterpret_cast<T*>(staged));
+    x = reinterpret_cast<const T*>(staged);
+  } else {
+    x = static_cast<const T*>(p.x);
+  }
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  TY* y = static_cast<TY*>(p.y);
+  const TY* bias = static_cast<const TY*>(p.bias);
+  for (int64_t f = f_first; f < N; f += gridDim.x) {
+    float acc0 = 0.0f, acc1 = 0.0f;
+    for (int64_t base = v0; base < v1; base += 32 * kLoads) {
+      if (base != v0 || f != f_first) issue(f, base);
+#pragma unroll
+      for (int c = 0; c < kLoads; ++c) {
+        const int64_t i = base + lane + 32 * c;
+        if (i < v1) {
+          float xf[kVec<T>], a[kVec<T>];
+          widen<T>(xv[i], xf);
+          widen<T>(w0[c], a);
+#pragma unroll
+          for (int e = 0; e < kVec<T>; ++e) acc0 += a[e] * xf[e];
+          if (kGated) {
+            widen<T>(w1[c], a);
+#pragma unroll
+            for (int e = 0; e < kVec<T>; ++e) acc1 += a[e] * xf[e];
+          }
+        }
+      }
+    }
+    acc0 = warp_sum(acc0);
+    if (kGated) acc1 = warp_sum(acc1);
+    if (lane == 0) {
+      part[warp][0] = acc0;
+      part[warp][1] = acc1;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        s0 += part[w][0];
+        s1 += part[w][1];
+      }
+      float v = kGated ? activate(p.act, s0) * s1 : activate(p.act, s0 + (bias ? to_f32(bias[f]) : 0.0f));
+      if (p.residual) v += to_f32(y[f]);
+      y[f] = from_f32<TY>(v);
+    }
+    __syncthreads();
+  }
+}
+
 bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
@@ -324,6 +413,9 @@ void launch(const GemvParams& p, cudaStream_t stream) {
   const size_t smem = kStaged ? size_t(p.M) * size_t(p.K) * sizeof(T) : 0;
   static const bool configured = [&] {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
+    if constexpr (kRows == 1)
+      cudaFuncSetAttribute(gemv_tall_kernel<T, TX, TY, kStaged, kGated>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
     return true;
   }();
   (void)configured;
@@ -338,6 +430,18 @@ void launch(const GemvParams& p, cudaStream_t stream) {
     return v && std::atoi(v) > 0 ? std::atoi(v) : kBlocksPerSm;
   }();
   const int64_t resident_warps = int64_t(std::clamp(per_sm, 1, cap)) * sms * kWarps;
+  // Fewer feature pairs than half the warps, and rows long enough for every warp of a block: split the rows.
+  const int64_t units = kGated ? p.N : (p.N + 1) / 2;
+  static const bool tall_off = [] {  // KESTREL_GEMV_TALL=0: never split rows (comparisons)
+    const char* v = std::getenv("KESTREL_GEMV_TALL");
+    return v && std::string(v) == "0";
+  }();
+  if (kRows == 1 && !tall_off && p.vector_ok && units * 2 < resident_warps && p.K / kVec<T> >= 32 * kWarps) {
+    const int64_t blocks = std::min<int64_t>(p.N, resident_warps / kWarps);
+    launch_pdl(gemv_tall_kernel<T, TX, TY, kStaged, kGated>, dim3(unsigned(blocks)), dim3(kThreads), smem, stream,
+               p);
+    return;
+  }
   int64_t per_warp = (p.N + resident_warps - 1) / resident_warps;
   if (!kGated) per_warp += per_warp % 2;  // features come in pairs
   const int64_t warps = (p.N + per_warp - 1) / per_warp;
