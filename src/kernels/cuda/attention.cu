@@ -136,9 +136,6 @@ constexpr int kRowThreads = 128;
 constexpr int kPrefetchVecs = 8;   // key prefetch before pdl_wait() for heads of up to 8 16-byte vectors
 constexpr int kValuePrefetch = 4;  // value rows per thread loaded before pdl_wait()
 
-template <typename T>
-constexpr int kVecElems = 16 / int(sizeof(T));
-
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -160,7 +157,7 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
   __shared__ float qs[kMaxHeadDim];
   __shared__ float red[kRowThreads / 32];
   __shared__ float sum_parts[kRowThreads * 8];
-  constexpr int V = kVecElems<T>;
+  constexpr int V = kVec<T>;
   const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int tid = threadIdx.x;
   const int D = a.head_dim, DV = D / V;

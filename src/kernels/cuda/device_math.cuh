@@ -37,6 +37,18 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// Elements of a compute dtype in one 16-byte load (the vector width of the GEMV, attention and step kernels).
+template <typename T>
+constexpr int kVec = 16 / int(sizeof(T));
+
+// The kVec<T> elements of a 16-byte load, widened to fp32.
+template <typename T>
+__device__ __forceinline__ void widen(const uint4& v, float (&out)[kVec<T>]) {
+  const T* p = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int i = 0; i < kVec<T>; ++i) out[i] = to_f32(p[i]);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

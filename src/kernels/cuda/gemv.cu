@@ -54,17 +54,6 @@ struct GemvParams {
   void* y;
 };
 
-template <typename T>
-constexpr int kVec = 16 / int(sizeof(T));
-
-// The kVec<T> elements of a 16-byte load, widened to fp32 once (and reused for every input row).
-template <typename T>
-__device__ __forceinline__ void widen(const uint4& v, float (&out)[kVec<T>]) {
-  const T* p = reinterpret_cast<const T*>(&v);
-#pragma unroll
-  for (int i = 0; i < kVec<T>; ++i) out[i] = to_f32(p[i]);
-}
-
 // Writes the (gathered, normalised) input rows into xs[M][K] in the weight dtype T.
 constexpr int kNormRegs =
     8;  // a single row of up to kNormRegs * kThreads elements is normalised in registers
@@ -318,7 +307,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_kernel(GemvParams
 // warps would have no feature and the rest a long serial walk, so here the eight warps of a block split each
 // feature's row instead, and reduce the eight partial sums through shared memory in a fixed order (the result
 // does not depend on timing). Block b takes features b, b + grid, ...; a gated feature's two rows together.
-// 16-byte loads per lane and row in flight (two rows when gated: fewer, to stay in the 3-blocks-an-SM registers)
+// 16-byte loads per lane and row in flight (two rows when gated: fewer, to stay in the 3-blocks-an-SM
+// registers)
 template <bool kGated>
 constexpr int kTallLoads = kGated ? 4 : 8;
 
@@ -438,8 +428,8 @@ void launch(const GemvParams& p, cudaStream_t stream) {
   }();
   if (kRows == 1 && !tall_off && p.vector_ok && units * 2 < resident_warps && p.K / kVec<T> >= 32 * kWarps) {
     const int64_t blocks = std::min<int64_t>(p.N, resident_warps / kWarps);
-    launch_pdl(gemv_tall_kernel<T, TX, TY, kStaged, kGated>, dim3(unsigned(blocks)), dim3(kThreads), smem, stream,
-               p);
+    launch_pdl(gemv_tall_kernel<T, TX, TY, kStaged, kGated>, dim3(unsigned(blocks)), dim3(kThreads), smem,
+               stream, p);
     return;
   }
   int64_t per_warp = (p.N + resident_warps - 1) / resident_warps;

@@ -1,6 +1,8 @@
 // The decode step of a batch of one as a single persistent kernel: every op of the step (embedding, the
 // GEMVs with their norms fused in, attention) is a phase, and a grid-wide barrier separates dependent phases
-// instead of a kernel boundary. One block of kWarps warps runs on every SM for the whole step.
+// instead of a kernel boundary. One block (kWarps streaming warps and a control warp) runs on every SM for
+// the whole step. Experimental and opt-in (KESTREL_STEP_KERNEL=1): on an H100 it is still slower than the
+// op-by-op graph; NOTES.md has the measurements and where its time goes.
 //
 // Why: a batch-1 step is a chain of ~5 small kernels a layer, and the hand-over between two dependent
 // kernels costs ~6 µs on an H100 (NOTES.md), about as long as streaming a GPT-2 XL layer's projection. Inside
@@ -32,7 +34,7 @@ namespace {
 
 constexpr int kWarps = 7;  // warps that stream weights and run attention (8 with the control warp: 2 an SMSP)
 // Plus one control warp: it arrives at and polls the grid barriers, so the thread doing so has no weight
-// copies in flight for its fences to wait on. Every warp stages inputs and embeds.
+// copies of its own in flight. Every warp stages inputs and embeds.
 constexpr int kBlockWarps = kWarps + 1;
 constexpr int kThreads = kBlockWarps * 32;
 constexpr int kChunk = 2;   // 16-byte vectors per lane and weight row in one chunk
@@ -168,16 +170,6 @@ struct WeightFeed {
     cp_async_commit();  // one group per chunk, empty past the end: wait_group counts stay uniform
   }
 };
-
-template <typename T>
-constexpr int kVec = 16 / int(sizeof(T));
-
-template <typename T>
-__device__ __forceinline__ void widen(const uint4& v, float (&out)[kVec<T>]) {
-  const T* p = reinterpret_cast<const T*>(&v);
-#pragma unroll
-  for (int i = 0; i < kVec<T>; ++i) out[i] = to_f32(p[i]);
-}
 
 __device__ float block_total(float v, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
