@@ -350,10 +350,6 @@ __global__ void attention_merge_kernel(AttentionArgs a) {
   }
 }
 
-bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
 // attention_rows_kernel reads heads as 16-byte vectors.
 bool rows_kernel_fits(const AttentionArgs& a) {
   const int64_t es = int64_t(dtype_size(a.dtype));

@@ -184,10 +184,6 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   attention_tc_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
 }
 
-bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
 }  // namespace
 
 bool attention_tc(const AttentionArgs& a, Stream stream) {

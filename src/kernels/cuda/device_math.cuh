@@ -115,6 +115,11 @@ void dispatch_dtype(DType t, F&& f) {
   }
 }
 
+// Whether a pointer allows 16-byte vector loads (host side: which kernel a call can take).
+inline bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
 inline unsigned blocks_for(int64_t n, int threads) {
   return unsigned((n + threads - 1) / threads);
 }

@@ -392,10 +392,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_tall_kernel(GemvP
   }
 }
 
-bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
 // One wave of at most kBlocksPerSm blocks per SM, every warp owning ceil(N / warps) features.
 template <typename T, typename TX, typename TY, bool kStaged, bool kGated, int kRows>
 void launch(const GemvParams& p, cudaStream_t stream) {

@@ -171,18 +171,6 @@ struct WeightFeed {
   }
 };
 
-__device__ float block_total(float v, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float total = 0.0f;
-#pragma unroll
-  for (int w = 0; w < kBlockWarps; ++w) total += red[w];
-  __syncthreads();
-  return total;
-}
-
 // Stages the input row of a linear op in shared memory in the weight dtype TW: normalised (norm() in
 // norm.cu: two-pass fp32 statistics, gamma, beta, out_scale, rounding) or converted.
 template <typename TW, typename TX>
@@ -209,7 +197,7 @@ __device__ void stage_row(const LinearInput& in, int64_t K, TW* xs, float* red) 
     } else {
       for (int64_t k = threadIdx.x; k < K; k += kThreads) s += to_f32(load_cg(x + k));
     }
-    mean = block_total(s, red) / float(K);
+    mean = block_sum(s, red) / float(K);
   }
   float var = 0.0f;
   if (in_regs) {
@@ -225,7 +213,7 @@ __device__ void stage_row(const LinearInput& in, int64_t K, TW* xs, float* red) 
       var += c * c;
     }
   }
-  const float s = rsqrtf(block_total(var, red) / float(K) + in.eps);
+  const float s = rsqrtf(block_sum(var, red) / float(K) + in.eps);
   auto put = [&](int64_t k, float value) {
     float o = (value - mean) * s * in.gamma[k];
     if (in.beta) o += in.beta[k];
@@ -574,7 +562,7 @@ __device__ void attention_phase(const AttentionArgs& a, float* scratch, int64_t 
 
 __global__ void __launch_bounds__(kThreads, 1) step_kernel(const char* program, int n_ops) {
   extern __shared__ __align__(16) char smem[];
-  __shared__ float red[kBlockWarps];
+  __shared__ float red[32];  // block_sum()'s scratch
   unsigned* barrier = reinterpret_cast<unsigned*>(const_cast<char*>(program));
   const StepOp* ops = reinterpret_cast<const StepOp*>(program + kOpsOffset);
   const int warp = threadIdx.x >> 5;
@@ -631,10 +619,6 @@ __global__ void __launch_bounds__(kThreads, 1) step_kernel(const char* program, 
       __threadfence();
     }
   }
-}
-
-bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
 bool fits16(int64_t elements, DType t) {
