@@ -59,6 +59,16 @@ constexpr int64_t kMaxOutputRows = 2048;
 constexpr size_t kStagingFloats = size_t(16) << 20;   // 64 MiB of fp32 per upload chunk
 constexpr size_t kHeadroomBytes = size_t(256) << 20;  // CUDA context, cuBLASLt kernels, graphs
 
+// Whether ops[from..] read buffer `name` before something overwrites it.
+bool read_later_in(const std::vector<const Op*>& ops, size_t from, const std::string& name) {
+  for (size_t k = from; k < ops.size(); ++k) {
+    const Op& op = *ops[k];
+    if (std::find(op.inputs.begin(), op.inputs.end(), name) != op.inputs.end()) return true;
+    if (op.output == name) return op.kind == OpKind::Linear && op.residual;
+  }
+  return false;
+}
+
 size_t align_up(size_t n) {
   return (n + kAlign - 1) / kAlign * kAlign;
 }
@@ -112,6 +122,8 @@ struct CudaSession::Impl {
   float* gate_scratch = nullptr;
   float* partials = nullptr;
   int* split_counters = nullptr;
+  float* ffn_acc = nullptr;  // ffn()'s cross-block sum (zero between calls) and its counter
+  unsigned* ffn_counter = nullptr;
   // Device-side token choice: the uploaded block (CudaSession::choice_block_bytes), its pinned host staging,
   // and max_batch rows of scores to process.
   char* choice_dev = nullptr;
@@ -238,6 +250,7 @@ CudaSession::CudaSession(const Model& model, const SessionOptions& options, cons
           break;
       }
     }
+  plan_ffn_blocks(dtype);
   size_t weight_bytes = 0;
   for (const auto& [name, t] : weight_dtype_)
     weight_bytes += align_up(size_t(shape_numel(plan_.weight(name).shape)) * dtype_size(t));
@@ -329,6 +342,44 @@ void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const 
   }
 }
 
+void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
+  // Off with KESTREL_FFN_KERNEL=0 (comparisons) and under the persistent step kernel, which reads every
+  // weight in its checkpoint layout.
+  const char* off = std::getenv("KESTREL_FFN_KERNEL");
+  const char* step = std::getenv("KESTREL_STEP_KERNEL");
+  if ((off && std::string(off) == "0") || (step && std::string(step) == "1")) return;
+  std::map<std::string, int> weight_uses;
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops)
+      for (const auto& w : op.weights) ++weight_uses[w];
+  for (const auto* program : {&plan_.encoder, &plan_.decoder}) {
+    std::vector<const Op*> ops;
+    for (const Op& op : *program)
+      if (op.kind != OpKind::PositionBias) ops.push_back(&op);
+    for (size_t i = 0; i + 2 < ops.size(); ++i) {
+      const Op& norm = *ops[i];
+      const Op& up = *ops[i + 1];
+      const Op& down = *ops[i + 2];
+      if (norm.kind != OpKind::Norm || up.kind != OpKind::Linear || down.kind != OpKind::Linear) continue;
+      const std::string& x = norm.inputs[0];
+      if (up.inputs[0] != norm.output || down.inputs[0] != up.output || down.output != x || up.residual ||
+          !down.residual || down.gated || down.act != Activation::Linear || norm.output == x || up.output == x ||
+          read_later_in(ops, i + 3, norm.output) || read_later_in(ops, i + 3, up.output))
+        continue;
+      const std::string& w_down = down.weights[0];
+      const DType wt = weight_dtype_.at(up.weights[0]);
+      const int64_t D = plan_.buffers.at(x);
+      const int64_t F = plan_.weight(up.weights[0]).shape[0] / (up.gated ? 2 : 1);
+      const DType ht = dtype.at(up.output);
+      if (weight_uses[w_down] != 1 || weight_dtype_.at(w_down) != wt || dtype.at(x) != DType::F32 ||
+          (ht != DType::F32 && ht != wt) || plan_.weight(w_down).shape != Shape{D, F} ||
+          !cuda::ffn_supported(D, F, wt))
+        continue;
+      in_out_weights_.insert(w_down);
+    }
+  }
+}
+
 void CudaSession::plan_memory(size_t weight_bytes) {
   const size_t T = dtype_size(compute_);
   size_t activations = 0;
@@ -352,6 +403,10 @@ void CudaSession::plan_memory(size_t weight_bytes) {
       2 * size_t(plan_.self_slots + plan_.cross_slots) * align_up(size_t(max_batch_) * cache_row);
   const size_t partials = size_t(max_batch_ * heads_ * kMaxSplits * (head_dim_ + 2)) * 4;
   const size_t counters = size_t(max_batch_ * heads_) * 4;
+  int64_t ffn_width = 0;  // ffn(): an fp32 accumulator of the widest block's outputs, and its counter
+  for (const Buffer& b : buffers_)
+    if (!in_out_weights_.empty()) ffn_width = std::max(ffn_width, b.width);
+  const size_t ffn_bytes = in_out_weights_.empty() ? 0 : size_t(ffn_width + 4) * 4;
   size_t luts = 0;
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops)
@@ -363,7 +418,7 @@ void CudaSession::plan_memory(size_t weight_bytes) {
                       2 * align_up(size_t(max_batch_ * kMaxCandidates) * 4) +
                       align_up(cuda::step_program_bytes(plan_.decoder.size()));
   const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
-                       align_up(partials) + align_up(counters) + luts + meta;
+                       align_up(partials) + align_up(counters) + align_up(ffn_bytes) + luts + meta;
   planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
 
   size_t free_bytes = 0, total_bytes = 0;
@@ -393,6 +448,11 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   impl_->partials = static_cast<float*>(impl_->carve(partials));
   impl_->split_counters = static_cast<int*>(impl_->carve(counters));
   check(cudaMemset(impl_->split_counters, 0, counters), "clearing attention split counters");
+  if (ffn_bytes) {
+    impl_->ffn_acc = static_cast<float*>(impl_->carve(ffn_bytes));
+    impl_->ffn_counter = reinterpret_cast<unsigned*>(impl_->ffn_acc + ffn_width);
+    check(cudaMemset(impl_->ffn_acc, 0, ffn_bytes), "clearing the feed-forward accumulator");
+  }
   impl_->meta_dev = static_cast<int32_t*>(impl_->carve(size_t(impl_->meta.total) * 4));
   impl_->ids_dev = static_cast<int32_t*>(impl_->carve(size_t(max_batch_) * 4));
   impl_->argmax_scratch =
@@ -440,6 +500,21 @@ void CudaSession::upload_weights() {
       const PackedTensor& src = packed.get(name);
       void* dst = impl_->carve(src.data.size() * dtype_size(t));
       weight_ptr_[name] = dst;
+      if (in_out_weights_.count(name)) {  // [out, in] rows, a block at a time, written as columns
+        const Shape& shape = plan_.weight(name).shape;
+        const int64_t R = shape[0], C = shape[1];
+        const int64_t block = std::max<int64_t>(1, int64_t(kStagingFloats) / C);
+        for (int64_t r = 0; r < R; r += block) {
+          const int64_t n = std::min(block, R - r);
+          check(cudaMemcpyAsync(staging, src.data.data() + r * C, size_t(n * C) * 4, cudaMemcpyHostToDevice,
+                                impl_->stream),
+                "uploading weights");
+          cuda::convert_transposed(staging, DType::F32, n, C, static_cast<char*>(dst) + size_t(r) * dtype_size(t),
+                                   t, R, impl_->stream);
+          check(cudaStreamSynchronize(impl_->stream), "uploading weights");
+        }
+        continue;
+      }
       for (size_t at = 0; at < src.data.size(); at += kStagingFloats) {
         const size_t n = std::min(kStagingFloats, src.data.size() - at);
         char* out = static_cast<char*>(dst) + at * dtype_size(t);
@@ -491,19 +566,10 @@ std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) 
       internal_error("attention output '" + op.output + "' is not in the compute dtype");
     bound.push_back(std::move(b));
   }
-  // Whether bound[from..] read buffer `name` before something overwrites it. (Indices are into `bound`, which
-  // lacks the plan's PositionBias ops.)
-  auto read_later = [&](size_t from, const std::string& name) {
-    for (size_t k = from; k < bound.size(); ++k) {
-      const Op& op = *bound[k].op;
-      if (std::find(op.inputs.begin(), op.inputs.end(), name) != op.inputs.end()) return true;
-      if (op.output == name) {
-        if (op.kind == OpKind::Linear && op.residual) return true;
-        return false;
-      }
-    }
-    return false;
-  };
+  // (Indices are into `bound`, which lacks the plan's PositionBias ops.)
+  std::vector<const Op*> bound_ops;
+  for (const BoundOp& b : bound) bound_ops.push_back(b.op);
+  auto read_later = [&](size_t from, const std::string& name) { return read_later_in(bound_ops, from, name); };
   for (size_t i = 0; i + 1 < bound.size(); ++i) {
     const Op& first = *bound[i].op;
     const bool take = first.kind == OpKind::TakeOutputs;
@@ -518,6 +584,14 @@ std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) 
       continue;
     bound[i].feeds_gemv = true;
     if (take) bound[i + 1].feeds_gemv = true;
+  }
+  for (size_t i = 0; i < bound.size(); ++i) {
+    const Op& op = *bound[i].op;
+    if (op.kind != OpKind::Linear || !in_out_weights_.count(op.weights[0])) continue;
+    // plan_ffn_blocks picked it as the down projection of norm, up, down (no PositionBias op in between)
+    if (i < 2 || bound[i - 2].op->kind != OpKind::Norm) internal_error("ffn block lost its norm");
+    bound[i].w_in_out = true;
+    bound[i - 2].feeds_ffn = true;
   }
   return bound;
 }
@@ -951,7 +1025,8 @@ bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const
 
 void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& pass) {
   for (size_t i = 0; i < program.size();) {
-    const size_t fused = fused_linear(program, i, pass);
+    size_t fused = fused_ffn(program, i);
+    if (fused == 0) fused = fused_linear(program, i, pass);
     if (fused > 0) {
       i += fused;
     } else {
@@ -972,7 +1047,6 @@ size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, 
   const int64_t M = take ? pass.out_rows : src.rows;
   const int64_t K = src.width;
   if (M > cuda::kGemvMaxRows || !cuda::gemv_stages_input(M, K, lin.wt)) return 0;
-  const Op& nop = *norm.op;
   const Op& lop = *lin.op;
   if (take) buffer(program[i].out).rows = M;
   buffer(norm.out).rows = M;
@@ -982,20 +1056,55 @@ size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, 
   else if (out.rows != M)
     internal_error("residual linear into '" + lop.output + "' with mismatched rows");
   cuda::StepLinear L;
-  L.in.x = src.data;
-  L.in.xt = src.dtype;
+  L.in = norm_input(norm, src);
   L.in.rows = take ? impl_->dev(impl_->meta.take_src) : nullptr;
-  L.in.gamma = static_cast<const float*>(norm.w[0]);
-  L.in.beta = norm.w.size() > 1 ? static_cast<const float*>(norm.w[1]) : nullptr;
-  L.in.rms = nop.norm == NormKind::RMS;
-  L.in.eps = float(nop.eps);
-  L.in.out_scale = nop.out_scale;
   linear_call(lin, K, out, L);
   if (call)
     *call = L;
   else
     cuda::gemv(L.in, M, K, L.W, L.wt, L.N, L.bias, L.act, L.gated, L.residual, L.y, L.yt, impl_->stream);
   return n;
+}
+
+cuda::LinearInput CudaSession::norm_input(const BoundOp& norm, const Buffer& src) const {
+  const Op& op = *norm.op;
+  cuda::LinearInput in;
+  in.x = src.data;
+  in.xt = src.dtype;
+  in.gamma = static_cast<const float*>(norm.w[0]);
+  in.beta = norm.w.size() > 1 ? static_cast<const float*>(norm.w[1]) : nullptr;
+  in.rms = op.norm == NormKind::RMS;
+  in.eps = float(op.eps);
+  in.out_scale = op.out_scale;
+  return in;
+}
+
+size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i) {
+  if (!program[i].feeds_ffn) return 0;
+  Buffer& x = buffer(program[i].in);
+  if (x.rows != 1) return 0;  // several rows: norm, cuBLASLt, cuBLASLt (linear_in_out)
+  const BoundOp& norm = program[i];
+  const BoundOp& up = program[i + 1];
+  const BoundOp& down = program[i + 2];
+  const Op& uop = *up.op;
+  cuda::FfnArgs a;
+  a.in = norm_input(norm, x);
+  a.D = x.width;
+  a.F = plan_.weight(uop.weights[0]).shape[0] / (uop.gated ? 2 : 1);
+  a.W1 = up.w[0];
+  a.b1 = !uop.gated && up.w.size() > 1 ? up.w[1] : nullptr;
+  a.wt = up.wt;
+  a.act = to_kernel_act(uop.act);
+  a.gated = uop.gated;
+  a.ht = buffer(up.out).dtype;
+  a.W2t = down.w[0];
+  a.b2 = down.w.size() > 1 ? static_cast<const float*>(down.w[1]) : nullptr;
+  a.acc = impl_->ffn_acc;
+  a.counter = impl_->ffn_counter;
+  buffer(norm.out).rows = 1;
+  buffer(up.out).rows = 1;
+  cuda::ffn(a, impl_->stream);
+  return 3;
 }
 
 void CudaSession::linear_call(const BoundOp& lin, int64_t K, const Buffer& out, cuda::StepLinear& L) const {
@@ -1120,6 +1229,17 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
       else if (out.rows != in.rows)
         internal_error("residual linear into '" + op.output + "' with mismatched rows");
       const int64_t N = plan_.weight(op.weights[0]).shape[0];
+      if (b.w_in_out) {  // a feed-forward block's down projection over several rows (fused_ffn takes one)
+        const void* x = in.data;
+        if (in.dtype != b.wt) {
+          cuda::convert(in.data, in.dtype, impl_->convert_scratch, b.wt, in.rows * in.width, s);
+          x = impl_->convert_scratch;
+        }
+        cuda::linear_in_out(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N,
+                            b.w.size() > 1 ? b.w[1] : nullptr, to_kernel_act(op.act), op.residual, out.data,
+                            out.dtype, s);
+        return;
+      }
       if (in.dtype != b.wt && in.rows <= cuda::kGemvMaxRows &&
           cuda::gemv_stages_input(in.rows, in.width, b.wt)) {  // the GEMV converts while staging its input
         cuda::StepLinear L;

@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <set>
 #include <tuple>
 #include <vector>
 
@@ -38,6 +39,7 @@ namespace kestrel {
 
 namespace cuda {
 struct StepLinear;
+struct LinearInput;
 struct AttentionArgs;
 }  // namespace cuda
 
@@ -119,6 +121,10 @@ class CudaSession final : public Session {
     // A take_outputs / norm whose result only feeds the linear right after it (directly or through the norm):
     // in decode-sized forwards that linear's GEMV gathers and normalises its input itself (fused_linear).
     bool feeds_gemv = false;
+    // A norm that starts a feed-forward block (norm, up projection, down projection added into the norm's
+    // source): forwards of one row run the three as one kernel (fused_ffn).
+    bool feeds_ffn = false;
+    bool w_in_out = false;  // w[0] is uploaded transposed, [in, out] (the down projection of such a block)
   };
   struct PositionBias {
     std::string buffer;
@@ -164,6 +170,13 @@ class CudaSession final : public Session {
   // `call`, only describes that GEMV there); returns the number of ops consumed (0: not fused).
   size_t fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass,
                       cuda::StepLinear* call = nullptr);
+  // Runs program[i..i+2] as one ffn() kernel when it is a feed-forward block over one row; returns the ops
+  // consumed (0: not fused).
+  size_t fused_ffn(const std::vector<BoundOp>& program, size_t i);
+  // The input of a GEMV that normalises `src` with norm op `norm` on the way in.
+  cuda::LinearInput norm_input(const BoundOp& norm, const Buffer& src) const;
+  // Picks the feed-forward blocks ffn() will run and records their down projections in in_out_weights_.
+  void plan_ffn_blocks(const std::map<std::string, DType>& dtype);
   // The weight, output and epilogue of linear op `lin` over inputs of width K, into L (L.in is the caller's).
   void linear_call(const BoundOp& lin, int64_t K, const Buffer& out, cuda::StepLinear& L) const;
   cuda::AttentionArgs attention_args(const BoundOp& b, const Pass& pass);
@@ -193,6 +206,7 @@ class CudaSession final : public Session {
   std::vector<PositionBias> position_biases_;
   std::map<std::string, const void*> weight_ptr_;
   std::map<std::string, DType> weight_dtype_;
+  std::set<std::string> in_out_weights_;  // uploaded transposed (the down projections ffn() reads)
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
   std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;

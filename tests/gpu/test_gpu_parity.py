@@ -163,6 +163,29 @@ def test_single_row_decode_with_tall_projections_matches_transformers(models, tm
         assert out["greedy"][0] == hf_greedy(hf, start, n, prompt if t5 else None)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall"])
+def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision):
+    """The one-kernel feed-forward block of one-row forwards (kernels/cuda/ffn.cu, the default) against the
+    norm+GEMV, GEMV pair it replaces (KESTREL_FFN_KERNEL=0), and in fp32 against transformers' greedy."""
+    t5 = arch.startswith("t5")
+    prompts = [T5_INPUTS[2]] if t5 else [GPT2_PROMPTS[0]]
+    n = 32
+    fused = drive(tmp_path / "fused", models[arch], precision, prompts, new_tokens=n)
+    pair = drive(tmp_path / "pair", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_FFN_KERNEL": "0"})
+    a, b = fused["greedy"][0], pair["greedy"][0]
+    same = next((i for i in range(n) if a[i] != b[i]), n - 1) + 1
+    err = float(np.abs(fused["steps"].reshape(n, -1)[:same] - pair["steps"].reshape(n, -1)[:same]).max())
+    report(test="ffn_kernel", arch=arch, precision=precision, step_max_abs_diff=err, same_tokens=same)
+    assert np.isfinite(fused["steps"]).all()
+    assert err <= TOL[precision], f"{arch} {precision}: ffn kernel log-probs differ by {err}"
+    if precision == "fp32":
+        assert a == b
+        hf = hf_model(models[arch], t5)
+        start = [0] if t5 else prompts[0]
+        assert a == hf_greedy(hf, start, n, prompts[0] if t5 else None)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5_gated"])
 def test_step_kernel_matches_op_by_op_decode(models, tmp_path, arch, precision):

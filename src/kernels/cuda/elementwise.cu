@@ -51,6 +51,23 @@ __global__ void convert_kernel(const S* src, D* dst, int64_t n) {
     dst[i] = from_f32<D>(to_f32(src[i]));
 }
 
+// dst[c * ld + r] = src[r * C + c]: a [R, C] block transposed through a 32 x 33 shared tile (the padding keeps
+// the column reads free of bank conflicts).
+template <typename S, typename D>
+__global__ void convert_transposed_kernel(const S* src, int64_t R, int64_t C, D* dst, int64_t ld) {
+  __shared__ float tile[32][33];
+  const int64_t r0 = int64_t(blockIdx.y) * 32, c0 = int64_t(blockIdx.x) * 32;
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t r = r0 + i, c = c0 + threadIdx.x;
+    if (r < R && c < C) tile[i][threadIdx.x] = to_f32(src[r * C + c]);
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t c = c0 + i, r = r0 + threadIdx.x;
+    if (r < R && c < C) dst[c * ld + r] = from_f32<D>(tile[threadIdx.x][i]);
+  }
+}
+
 template <typename T>
 __global__ void embedding_kernel(const int32_t* ids, const int32_t* positions, const T* table,
                                  const T* pos_table, int64_t D, float* y) {
@@ -152,6 +169,22 @@ void convert(const void* src, DType src_t, void* dst, DType dst_t, int64_t n, St
     });
   });
   check_launch("convert");
+}
+
+void convert_transposed(const void* src, DType src_t, int64_t R, int64_t C, void* dst, DType dst_t, int64_t ld,
+                        Stream stream) {
+  if (R == 0 || C == 0) return;
+  if ((R + 31) / 32 > 65535) internal_error("convert_transposed: more than 2M rows in one call");
+  dispatch_dtype(src_t, [&](auto s) {
+    dispatch_dtype(dst_t, [&](auto d) {
+      using S = decltype(s);
+      using D = decltype(d);
+      const dim3 grid(unsigned((C + 31) / 32), unsigned((R + 31) / 32));
+      convert_transposed_kernel<S, D>
+          <<<grid, dim3(32, 8), 0, stream>>>(static_cast<const S*>(src), R, C, static_cast<D*>(dst), ld);
+    });
+  });
+  check_launch("convert_transposed");
 }
 
 void embedding(const int32_t* ids, const int32_t* positions, int64_t T, const void* table,

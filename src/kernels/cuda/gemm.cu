@@ -78,14 +78,16 @@ struct GemmContext::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   void* tuning_output = nullptr;  // where candidate algorithms write while they are timed
-  // (rows rounded up to a power of two, N, K, wt, yt, epilogue, beta != 0) -> the algorithm timed fastest for
+  // (rows rounded up to a power of two, N, K, wt, yt, epilogue, beta != 0, W stored [K, N]) -> the algorithm
+  // timed fastest for
   // the first GEMM of that class. Prompts of any length thus pay the timing once per power of two, not per
   // length; an algorithm that cuBLASLt rejects for an exact shape gets the heuristic's pick for that shape.
-  using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, bool>;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, bool, bool>;
   std::map<Key, cublasLtMatmulAlgo_t> algos;
 
-  void matmul(const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
-              cublasLtEpilogue_t epilogue, bool accumulate, void* y, DType yt, Stream stream);
+  // W is stored [N, K] (nn.Linear), or [K, N] with w_in_out.
+  void matmul(const void* x, int64_t M, int64_t K, const void* W, bool w_in_out, DType wt, int64_t N,
+              const void* bias, cublasLtEpilogue_t epilogue, bool accumulate, void* y, DType yt, Stream stream);
   // The algorithm for a GEMM shape seen for the first time: the heuristic's candidates, each timed on the
   // real inputs (output to tuning_output), fastest kept; the heuristic's first where timing is impossible
   // (inside a CUDA graph capture, or an output larger than the tuning buffer).
@@ -158,11 +160,12 @@ size_t GemmContext::workspace_bytes() {
   return kWorkspaceBytes + kTuningBytes;
 }
 
-void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
-                               const void* bias, cublasLtEpilogue_t epilogue, bool accumulate, void* y,
-                               DType yt, Stream stream) {
-  // Column-major view: D[N, M] = op(A)[N, K] · B[K, M] with A = W stored [K, N] (ld K) transposed and B = x
-  // stored [K, M] (ld K); D = y stored [N, M] (ld N), i.e. row-major y[M, N].
+void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* W, bool w_in_out, DType wt,
+                               int64_t N, const void* bias, cublasLtEpilogue_t epilogue, bool accumulate,
+                               void* y, DType yt, Stream stream) {
+  // Column-major view: D[N, M] = op(A)[N, K] · B[K, M] with A = W stored [K, N] (ld K) transposed (or, with
+  // w_in_out, stored [N, K] (ld N) as it is) and B = x stored [K, M] (ld K); D = y stored [N, M] (ld N),
+  // i.e. row-major y[M, N].
   struct Descriptors {  // released on every path out, errors included
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -177,7 +180,7 @@ void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* 
   cublasLtMatrixLayout_t &a = d.a, &b = d.b, &c = d.c;
   const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;  // never the TF32 fast path
   check_blas(cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F), "cublasLtMatmulDescCreate");
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const cublasOperation_t ta = w_in_out ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue));
@@ -186,13 +189,16 @@ void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* 
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_t, sizeof(bias_t));
   }
-  check_blas(cublasLtMatrixLayoutCreate(&a, blas_type(wt), uint64_t(K), uint64_t(N), K), "matrix layout");
+  if (w_in_out)
+    check_blas(cublasLtMatrixLayoutCreate(&a, blas_type(wt), uint64_t(N), uint64_t(K), N), "matrix layout");
+  else
+    check_blas(cublasLtMatrixLayoutCreate(&a, blas_type(wt), uint64_t(K), uint64_t(N), K), "matrix layout");
   check_blas(cublasLtMatrixLayoutCreate(&b, blas_type(wt), uint64_t(K), uint64_t(M), K), "matrix layout");
   check_blas(cublasLtMatrixLayoutCreate(&c, blas_type(yt), uint64_t(N), uint64_t(M), N), "matrix layout");
 
   int64_t rows = 1;
   while (rows < M) rows *= 2;
-  const Key key{rows, N, K, int(wt), int(yt), int(epilogue), accumulate};
+  const Key key{rows, N, K, int(wt), int(yt), int(epilogue), accumulate, w_in_out};
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   auto it = algos.find(key);
   if (it == algos.end())
@@ -207,13 +213,10 @@ void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* 
   check_blas(s, "cublasLtMatmul");
 }
 
-void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
-            const void* bias, Act act, bool residual, void* y, DType yt, Stream stream) {
-  if (M == 0) return;
-  if (M <= kGemvMaxRows) {
-    gemv(LinearInput{x, wt}, M, K, W, wt, N, bias, act, false, residual, y, yt, stream);
-    return;
-  }
+namespace {
+
+void blas_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, bool w_in_out, DType wt,
+                 int64_t N, const void* bias, Act act, bool residual, void* y, DType yt, Stream stream) {
   // cuBLASLt fuses bias, bias+GELU (tanh form, as gelu_new) and bias+ReLU. GELU is fused only in 16-bit
   // modes: fp32 runs must match references to 1e-4, so there the exact definition runs as its own pass.
   const bool wide = wt == DType::F32;
@@ -228,7 +231,7 @@ void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W
   }
   if (separate_act && residual)
     internal_error("linear: an activation with a residual add is not a plan this backend runs");
-  ctx.impl().matmul(x, M, K, W, wt, N, bias, epilogue, residual, y, yt, stream);
+  ctx.impl().matmul(x, M, K, W, w_in_out, wt, N, bias, epilogue, residual, y, yt, stream);
   if (separate_act) {
     dispatch_dtype(yt, [&](auto z) {
       using TY = decltype(z);
@@ -236,6 +239,24 @@ void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W
     });
     check_launch("activation");
   }
+}
+
+}  // namespace
+
+void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
+            const void* bias, Act act, bool residual, void* y, DType yt, Stream stream) {
+  if (M == 0) return;
+  if (M <= kGemvMaxRows) {
+    gemv(LinearInput{x, wt}, M, K, W, wt, N, bias, act, false, residual, y, yt, stream);
+    return;
+  }
+  blas_linear(ctx, x, M, K, W, false, wt, N, bias, act, residual, y, yt, stream);
+}
+
+void linear_in_out(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* Wt, DType wt, int64_t N,
+                   const void* bias, Act act, bool residual, void* y, DType yt, Stream stream) {
+  if (M == 0) return;
+  blas_linear(ctx, x, M, K, Wt, true, wt, N, bias, act, residual, y, yt, stream);
 }
 
 void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W01, DType wt, int64_t F,
@@ -246,7 +267,7 @@ void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const v
     return;
   }
   // fp32 h keeps the two halves' product from overflowing fp16 before the gate.
-  ctx.impl().matmul(x, M, K, W01, wt, 2 * F, nullptr, CUBLASLT_EPILOGUE_DEFAULT, false, scratch, DType::F32,
+  ctx.impl().matmul(x, M, K, W01, false, wt, 2 * F, nullptr, CUBLASLT_EPILOGUE_DEFAULT, false, scratch, DType::F32,
                     stream);
   dispatch_dtype(yt, [&](auto z) {
     using TY = decltype(z);

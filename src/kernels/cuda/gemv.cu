@@ -23,6 +23,7 @@
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/row_input.cuh"
 
 namespace kestrel::cuda {
 
@@ -38,14 +39,7 @@ constexpr size_t kMaxStageBytes = size_t(96) << 10;
 constexpr int kBlocksPerSm = 3;
 
 struct GemvParams {
-  const void* x;
-  const int32_t* rows;
-  const float* gamma;
-  const float* beta;
-  bool rms;
-  float eps, out_scale;
-  int M;
-  int64_t K;
+  RowInput in;  // M rows of K elements, staged in shared memory unless plain rows in the weight dtype
   const void* W;
   int64_t N;  // output features (F when gated: W has 2F rows)
   const void* bias;
@@ -53,130 +47,6 @@ struct GemvParams {
   bool residual, vector_ok;
   void* y;
 };
-
-// Writes the (gathered, normalised) input rows into xs[M][K] in the weight dtype T.
-constexpr int kNormRegs =
-    8;  // a single row of up to kNormRegs * kThreads elements is normalised in registers
-
-template <typename T, typename TX, int kRows>
-__device__ void stage_input(const GemvParams& p, T* xs) {
-  const int M = p.M;
-  const int64_t K = p.K;
-  const TX* x = static_cast<const TX*>(p.x);
-  auto row = [&](int m) { return x + int64_t(p.rows ? p.rows[m] : m) * K; };
-  if (!p.gamma) {
-    for (int m = 0; m < M; ++m) {
-      const TX* r = row(m);
-      for (int64_t k = threadIdx.x; k < K; k += kThreads) xs[m * K + k] = from_f32<T>(to_f32(r[k]));
-    }
-    __syncthreads();
-    return;
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (kRows == 1 && K <= kNormRegs * kThreads) {
-    // One row, read once with every load in flight; the block reduces the statistics from registers.
-    __shared__ float red[kWarps];
-    auto block_sum = [&](float v) {
-      v = warp_sum(v);
-      if (lane == 0) red[warp] = v;
-      __syncthreads();
-      float total = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) total += red[w];
-      __syncthreads();
-      return total;
-    };
-    const TX* r = row(0);
-    float v[kNormRegs];
-#pragma unroll
-    for (int i = 0; i < kNormRegs; ++i) {
-      const int64_t k = threadIdx.x + int64_t(i) * kThreads;
-      v[i] = k < K ? to_f32(r[k]) : 0.0f;
-    }
-    float mean = 0.0f;
-    if (!p.rms) {
-#pragma unroll
-      for (int i = 0; i < kNormRegs; ++i) mean += v[i];
-      mean = block_sum(mean) / float(K);
-    }
-    float var = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kNormRegs; ++i) {
-      const int64_t k = threadIdx.x + int64_t(i) * kThreads;
-      const float c = v[i] - mean;
-      if (k < K) var += c * c;
-    }
-    const float s = rsqrtf(block_sum(var) / float(K) + p.eps);
-#pragma unroll
-    for (int i = 0; i < kNormRegs; ++i) {
-      const int64_t k = threadIdx.x + int64_t(i) * kThreads;
-      if (k < K) {
-        float o = (v[i] - mean) * s * p.gamma[k];
-        if (p.beta) o += p.beta[k];
-        xs[k] = from_f32<T>(o * p.out_scale);
-      }
-    }
-    __syncthreads();
-    return;
-  }
-  // Several rows: warp m computes row m's statistics alone (two passes, the second from L1; shuffles, no
-  // block barrier), then every thread writes its share of the normalised rows.
-  __shared__ float stats[2 * kGemvMaxRows];
-  if (warp < M) {
-    const TX* r = row(warp);
-    float mean = 0.0f;
-    if (!p.rms) {
-      for (int64_t k = lane; k < K; k += 32) mean += to_f32(r[k]);
-      mean = warp_sum(mean) / float(K);
-    }
-    float var = 0.0f;
-    for (int64_t k = lane; k < K; k += 32) {
-      const float c = to_f32(r[k]) - mean;
-      var += c * c;
-    }
-    var = warp_sum(var);
-    if (lane == 0) {
-      stats[2 * warp] = mean;
-      stats[2 * warp + 1] = rsqrtf(var / float(K) + p.eps);
-    }
-  }
-  __syncthreads();
-  for (int m = 0; m < M; ++m) {
-    const TX* r = row(m);
-    const float mean = stats[2 * m], s = stats[2 * m + 1];
-    for (int64_t k = threadIdx.x; k < K; k += kThreads) {
-      float v = (to_f32(r[k]) - mean) * s * p.gamma[k];
-      if (p.beta) v += p.beta[k];
-      xs[m * K + k] = from_f32<T>(v * p.out_scale);
-    }
-  }
-  __syncthreads();
-}
-
-// Weights are read once per step: stream them past L1 (which keeps the input rows).
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
-// A warp streams two weight rows at once: r0 and r1 (r1 may be null), in chunks of C 16-byte loads per lane
-// and row; load_pair issues one chunk.
-template <int C>
-__device__ __forceinline__ void load_pair(const uint4* r0, const uint4* r1, int64_t nvec, int64_t base,
-                                          uint4 (&w0)[C], uint4 (&w1)[C]) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int c = 0; c < C; ++c) {
-    const int64_t i = base + lane + 32 * c;
-    if (i < nvec) {
-      w0[c] = ld_stream(r0 + i);
-      if (r1) w1[c] = ld_stream(r1 + i);
-    }
-  }
-}
 
 // Warp w owns features w, w + S, w + 2S, ... (S = warps in the grid) and computes them two at a time:
 // (n, n + S) with their own outputs, or, gated, the two halves of feature n. Its work is a sequence of chunks
@@ -190,8 +60,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_kernel(GemvParams
   const int64_t stride = int64_t(gridDim.x) * kWarps;
   const int64_t step = kGated ? stride : 2 * stride;
   const int64_t n0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int M = kRows == 1 ? 1 : p.M;
-  const int64_t K = p.K, N = p.N;
+  const int M = kRows == 1 ? 1 : p.in.M;
+  const int64_t K = p.in.K, N = p.N;
   const int64_t nvec = p.vector_ok ? K / kVec<T> : 0;
   const T* W = static_cast<const T*>(p.W);
   auto first = [&](int64_t f) { return reinterpret_cast<const uint4*>(W + f * K); };
@@ -214,10 +84,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_kernel(GemvParams
 
   const T* x;
   if constexpr (kStaged) {
-    stage_input<T, TX, kRows>(p, reinterpret_cast<T*>(staged));
+    stage_rows<T, TX, kRows, kThreads>(p.in, reinterpret_cast<T*>(staged));
     x = reinterpret_cast<const T*>(staged);
   } else {
-    x = static_cast<const T*>(p.x);
+    x = static_cast<const T*>(p.in.x);
   }
   TY* y = static_cast<TY*>(p.y);
   const TY* bias = static_cast<const TY*>(p.bias);
@@ -317,7 +187,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_tall_kernel(GemvP
   extern __shared__ uint4 staged[];
   __shared__ float part[kWarps][2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t K = p.K, N = p.N;
+  const int64_t K = p.in.K, N = p.N;
   const int64_t nvec = K / kVec<T>;
   const int64_t per_warp = (nvec + kWarps - 1) / kWarps;
   const int64_t v0 = warp * per_warp, v1 = min(nvec, v0 + per_warp);
@@ -341,10 +211,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_tall_kernel(GemvP
   pdl_trigger();
   const T* x;
   if constexpr (kStaged) {
-    stage_input<T, TX, 1>(p, reinterpret_cast<T*>(staged));
+    stage_rows<T, TX, 1, kThreads>(p.in, reinterpret_cast<T*>(staged));
     x = reinterpret_cast<const T*>(staged);
   } else {
-    x = static_cast<const T*>(p.x);
+    x = static_cast<const T*>(p.in.x);
   }
   const uint4* xv = reinterpret_cast<const uint4*>(x);
   TY* y = static_cast<TY*>(p.y);
@@ -396,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_tall_kernel(GemvP
 template <typename T, typename TX, typename TY, bool kStaged, bool kGated, int kRows>
 void launch(const GemvParams& p, cudaStream_t stream) {
   auto* kernel = gemv_kernel<T, TX, TY, kStaged, kGated, kRows>;
-  const size_t smem = kStaged ? size_t(p.M) * size_t(p.K) * sizeof(T) : 0;
+  const size_t smem = kStaged ? size_t(p.in.M) * size_t(p.in.K) * sizeof(T) : 0;
   static const bool configured = [&] {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
     if constexpr (kRows == 1)
@@ -422,7 +292,7 @@ void launch(const GemvParams& p, cudaStream_t stream) {
     const char* v = std::getenv("KESTREL_GEMV_TALL");
     return v && std::string(v) == "0";
   }();
-  if (kRows == 1 && !tall_off && p.vector_ok && units * 2 < resident_warps && p.K / kVec<T> >= 32 * kWarps) {
+  if (kRows == 1 && !tall_off && p.vector_ok && units * 2 < resident_warps && p.in.K / kVec<T> >= 32 * kWarps) {
     const int64_t blocks = std::min<int64_t>(p.N, resident_warps / kWarps);
     launch_pdl(gemv_tall_kernel<T, TX, TY, kStaged, kGated>, dim3(unsigned(blocks)), dim3(kThreads), smem,
                stream, p);
@@ -451,8 +321,14 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
   if (in.xt != DType::F32 && in.xt != wt)
     internal_error("gemv: input dtype is neither fp32 nor the weights'");
   if (yt != DType::F32 && yt != wt) internal_error("gemv: output dtype is neither fp32 nor the weights'");
-  GemvParams p{in.x, in.rows, in.gamma, in.beta, in.rms, in.eps,   in.out_scale, int(M),
-               K,    W,       N,        bias,    act,    residual, false,        y};
+  GemvParams p{RowInput{in.x, in.rows, in.gamma, in.beta, in.rms, in.eps, in.out_scale, int(M), K},
+               W,
+               N,
+               bias,
+               act,
+               residual,
+               false,
+               y};
   p.vector_ok = (K * int64_t(dtype_size(wt))) % 16 == 0 && aligned16(W) && (staged || aligned16(in.x));
   dispatch_dtype(wt, [&](auto w) {
     using T = decltype(w);

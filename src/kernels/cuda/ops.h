@@ -29,6 +29,10 @@ size_t element_size(DType t);
 
 // dst[n] = convert(src[n]) between any two of F32, F16, BF16.
 void convert(const void* src, DType src_t, void* dst, DType dst_t, int64_t n, Stream stream);
+// dst[c * ld + r] = convert(src[r * C + c]) for a row-major [R, C] src: R rows written as R columns of dst
+// (uploading a weight transposed, a block of rows at a time).
+void convert_transposed(const void* src, DType src_t, int64_t R, int64_t C, void* dst, DType dst_t, int64_t ld,
+                        Stream stream);
 
 // A cuBLASLt handle, its workspace and the algorithms chosen per GEMM shape.
 class GemmContext {
@@ -60,6 +64,11 @@ constexpr int64_t kGemvMaxRows = 1;
 void linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
             const void* bias, Act act, bool residual, void* y, DType yt, Stream stream);
 
+// linear() with the weight stored transposed, Wt [K, N] (in x out), always through cuBLASLt: the layer
+// whose decode-sized form is part of ffn() below.
+void linear_in_out(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* Wt, DType wt, int64_t N,
+                   const void* bias, Act act, bool residual, void* y, DType yt, Stream stream);
+
 // Gated FFN: h = x · [W0; W1]ᵀ, y[M,F] = act(h[:, :F]) * h[:, F:] (+= with residual). `scratch` is an fp32
 // [M, 2F] buffer used above the GEMV row limit.
 void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W01, DType wt, int64_t F,
@@ -85,6 +94,30 @@ bool gemv_stages_input(int64_t M, int64_t K, DType wt);
 // linear() / gated_linear() for M <= kGemvMaxRows rows, with the input described by `in` (see LinearInput).
 void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
           Act act, bool gated, bool residual, void* y, DType yt, Stream stream);
+
+// A decode step's feed-forward block for one row, as one kernel (ffn.cu): with x the fp32 residual row
+// in.x[D] and n = norm(x) as `in` describes it (rounded to the weight dtype, as gemv() stages it),
+//   x += act(n · W1ᵀ + b1) · W2 + b2, or gated (W1 = [W0; W1], no b1): x += (act(n · W0ᵀ) * (n · W1ᵀ)) · W2 + b2,
+// where W2 [D, F] is given transposed: W2t [F, D]. The hidden activation is rounded to `ht` (F32 or wt), the
+// dtype the two-GEMV form would store it in; b1 has dtype ht, b2 is fp32. `acc` (D floats) and `counter` must
+// be zero and are left zero (the kernel's cross-block sum; its order varies in fp32's last bits).
+struct FfnArgs {
+  LinearInput in;
+  int64_t D = 0, F = 0;
+  const void* W1 = nullptr;
+  const void* b1 = nullptr;
+  DType wt = DType::F16;
+  Act act = Act::Identity;
+  bool gated = false;
+  DType ht = DType::F16;
+  const void* W2t = nullptr;
+  const float* b2 = nullptr;
+  float* acc = nullptr;
+  unsigned* counter = nullptr;
+};
+// Whether ffn() runs a block with model width D, hidden width F and weights in wt.
+bool ffn_supported(int64_t D, int64_t F, DType wt);
+void ffn(const FfnArgs& args, Stream stream);
 
 // y[M,D] (dtype yt) = norm(x[M,D] (dtype xt)) * gamma (+ beta) * out_scale. gamma/beta are fp32; beta may be
 // null. rms: x / sqrt(mean(x²) + eps) (T5); otherwise (x - mean) / sqrt(var + eps) (LayerNorm). x may equal

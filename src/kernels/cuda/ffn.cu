@@ -1,0 +1,277 @@
+// A decode step's whole feed-forward block for one row in one kernel (ops.h: ffn()):
+//   x += act(norm(x) · W1ᵀ + b1) · W2ᵀ + b2      (gated: act(norm(x) · W0ᵀ) * (norm(x) · W1ᵀ), no b1)
+// Run as two GEMVs it is two kernels, and the hand-over between them (the second cannot start streaming its
+// weights until every block of the first has finished) costs about as much as streaming a projection of
+// GPT-2 XL (src/kernels/cuda/NOTES.md). Here there is no hand-over: the second projection is split by hidden
+// feature instead of by output. Its weight is uploaded transposed, W2t = W2ᵀ [F, D], so hidden feature f's
+// contributions to every output are one contiguous row; the warp that computes h[f] multiplies that row by
+// h[f] into per-lane partial outputs straight away. Each warp's work is one stream of chunks (W1 rows for a
+// pair of features, then their W2t rows, then the next pair's), two chunks in flight across every boundary,
+// so the memory never waits for a phase to end.
+//
+// The partial outputs of a block's warps are summed in shared memory and added to an fp32 accumulator with
+// vector atomics (one per four outputs and block); the last block to finish (a counter) adds the
+// accumulator and b2 to the residual row and clears both for the next call. Summation order across blocks
+// therefore varies from run to run, in the last bits of fp32 only.
+#include <algorithm>
+
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/row_input.cuh"
+
+namespace kestrel::cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunk = 4;        // 16-byte loads per lane and weight row in one chunk (two chunks in flight)
+constexpr size_t kMaxSmemBytes = size_t(200) << 10;
+
+struct FfnParams {
+  RowInput in;  // the residual row x[D] (fp32), normalised on the way in
+  int64_t D, F;
+  const void* W1;   // [F, D], gated [2F, D]
+  const void* b1;   // [F] in h's dtype, or null
+  const void* W2t;  // [F, D]
+  const float* b2;  // [D] or null
+  Act act;
+  bool h_f32;  // h stays fp32; otherwise it is rounded to the weight dtype, as the unfused plan stores it
+  float* x;
+  float* acc;
+  unsigned* counter;
+};
+
+__host__ __device__ constexpr int64_t chunks_per_row(int64_t nvec) {
+  return (nvec + 32 * kChunk - 1) / (32 * kChunk);
+}
+
+__device__ __forceinline__ void add4(float* p, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(p), v);
+#else
+  atomicAdd(p, v.x);
+  atomicAdd(p + 1, v.y);
+  atomicAdd(p + 2, v.z);
+  atomicAdd(p + 3, v.w);
+#endif
+}
+
+// Warp w of the grid owns hidden features w, w + S, w + 2S, ... (S = warps in the grid), two at a time
+// (n, n + S), or one when gated (its two W1 rows n and n + F).
+template <typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 2) ffn_kernel(FfnParams p) {
+  extern __shared__ uint4 smem[];
+  constexpr int C = kChunk, V = kVec<T>;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t D = p.D, F = p.F;
+  const int64_t nvec = D / V;
+  const int chunks = int(chunks_per_row(nvec));
+  const int64_t S = int64_t(gridDim.x) * kWarps;
+  const int64_t step = kGated ? S : 2 * S;
+  const int64_t n0 = int64_t(blockIdx.x) * kWarps + warp;
+  const int pairs = n0 < F ? int((F - 1 - n0) / step + 1) : 0;
+  const int total = pairs * 2 * chunks;
+  const T* W1 = static_cast<const T*>(p.W1);
+  const T* W2 = static_cast<const T*>(p.W2t);
+  auto row = [&](const T* W, int64_t f) { return reinterpret_cast<const uint4*>(W + f * D); };
+  // Chunk q belongs to pair q / (2 chunks): its first `chunks` chunks walk the W1 rows, the rest the W2t rows.
+  auto issue = [&](int q, uint4(&w0)[C], uint4(&w1)[C]) {
+    if (q >= total) return;
+    const int64_t f = n0 + int64_t(q / (2 * chunks)) * step;
+    const int r = q % (2 * chunks);
+    const bool up = r < chunks;
+    const uint4* r1 = nullptr;
+    if (kGated) {
+      if (up) r1 = row(W1, f + F);
+    } else if (f + S < F) {
+      r1 = row(up ? W1 : W2, f + S);
+    }
+    load_pair<C>(row(up ? W1 : W2, f), r1, nvec, int64_t(up ? r : r - chunks) * 32 * C, w0, w1);
+  };
+  uint4 a0[C], a1[C], b0[C], b1[C];
+  issue(0, a0, a1);  // weights never change: before the previous kernel has finished
+  pdl_wait();
+  pdl_trigger();
+  const size_t stage_bytes = (size_t(D) * sizeof(T) + 15) / 16 * 16;
+  stage_rows<T, float, 1, kThreads>(p.in, reinterpret_cast<T*>(smem));
+  const uint4* xv = smem;
+  const T* bias_t = static_cast<const T*>(p.b1);
+  const float* bias_f = static_cast<const float*>(p.b1);
+  auto bias = [&](int64_t f) { return !p.b1 ? 0.0f : p.h_f32 ? bias_f[f] : to_f32(bias_t[f]); };
+
+  // The warp's partial outputs: its own row of fp32 sums in shared memory (after the staged input), which
+  // each lane updates at the columns of its loads only.
+  float* part = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + stage_bytes);
+  float* out = part + warp * D;
+  for (int64_t d = lane; d < D; d += 32) out[d] = 0.0f;
+  __syncwarp();
+  // Chunk q is in registers a (chunk q + 1 loading into b while a is used).
+  int q = 0;
+  auto next = [&] {
+    issue(q + 1, b0, b1);
+  };
+  auto shift = [&] {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      a0[c] = b0[c];
+      a1[c] = b1[c];
+    }
+    ++q;
+  };
+  for (int j = 0; j < pairs; ++j) {
+    const int64_t f = n0 + int64_t(j) * step;
+    const bool has_second = kGated || f + S < F;
+    float d0 = 0.0f, d1 = 0.0f;
+    for (int c = 0; c < chunks; ++c) {  // h = x · W1 rows
+      next();
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) {
+        const int64_t i = int64_t(c) * 32 * C + lane + 32 * cc;
+        if (i < nvec) {
+          float w[V], xf[V];
+          widen<T>(xv[i], xf);
+          widen<T>(a0[cc], w);
+#pragma unroll
+          for (int e = 0; e < V; ++e) d0 += w[e] * xf[e];
+          if (has_second) {
+            widen<T>(a1[cc], w);
+#pragma unroll
+            for (int e = 0; e < V; ++e) d1 += w[e] * xf[e];
+          }
+        }
+      }
+      shift();
+    }
+    d0 = warp_sum(d0);
+    d1 = warp_sum(d1);
+    float h0, h1 = 0.0f;
+    if (kGated) {
+      h0 = activate(p.act, d0) * d1;
+    } else {
+      h0 = activate(p.act, d0 + bias(f));
+      if (has_second) h1 = activate(p.act, d1 + bias(f + S));
+    }
+    if (!p.h_f32) {
+      h0 = to_f32(from_f32<T>(h0));
+      h1 = to_f32(from_f32<T>(h1));
+    }
+    for (int c = 0; c < chunks; ++c) {  // out += h · W2t rows
+      next();
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) {
+        const int64_t i = int64_t(c) * 32 * C + lane + 32 * cc;
+        if (i < nvec) {
+          float w[V], u[V];
+          widen<T>(a0[cc], w);
+          if (!kGated && has_second) {
+            widen<T>(a1[cc], u);
+          } else {
+#pragma unroll
+            for (int e = 0; e < V; ++e) u[e] = 0.0f;
+          }
+          float4* o = reinterpret_cast<float4*>(out + i * V);
+#pragma unroll
+          for (int e = 0; e < V; e += 4) {
+            float4 v = o[e / 4];
+            v.x += h0 * w[e] + h1 * u[e];
+            v.y += h0 * w[e + 1] + h1 * u[e + 1];
+            v.z += h0 * w[e + 2] + h1 * u[e + 2];
+            v.w += h0 * w[e + 3] + h1 * u[e + 3];
+            o[e / 4] = v;
+          }
+        }
+      }
+      shift();
+    }
+  }
+
+  // The block's warps' partial outputs summed, then one vector atomic per four outputs.
+  __syncthreads();
+  for (int64_t d = int64_t(threadIdx.x) * 4; d < D; d += kThreads * 4) {
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float4 v = *reinterpret_cast<const float4*>(part + w * D + d);
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    add4(p.acc + d, sum);
+  }
+
+  // The last block to finish adds the accumulator (and b2) to the residual row, then clears it. Every block
+  // read x while staging, before it counted itself in, so nothing reads x after this write.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(p.counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+    p.x[d] += __ldcg(p.acc + d) + (p.b2 ? p.b2[d] : 0.0f);
+    p.acc[d] = 0.0f;
+  }
+  if (threadIdx.x == 0) *p.counter = 0;
+}
+
+// The staged input row, then kWarps rows of fp32 partial outputs.
+size_t smem_bytes(int64_t D, size_t weight_bytes) {
+  return (size_t(D) * weight_bytes + 15) / 16 * 16 + size_t(kWarps) * size_t(D) * 4;
+}
+
+template <typename T, bool kGated>
+void launch(const FfnParams& p, cudaStream_t stream) {
+  auto* kernel = ffn_kernel<T, kGated>;
+  const size_t smem = smem_bytes(p.D, sizeof(T));
+  static const bool configured = [&] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmemBytes));
+    return true;
+  }();
+  (void)configured;
+  int device = 0, sms = 0, per_sm = 0;
+  check(int(cudaGetDevice(&device)), "ffn");
+  check(int(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)), "ffn");
+  check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "ffn");
+  const int64_t units = kGated ? p.F : (p.F + 1) / 2;  // feature pairs (gated: features)
+  const int64_t blocks = std::clamp<int64_t>((units + kWarps - 1) / kWarps, 1, int64_t(std::max(per_sm, 1)) * sms);
+  launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
+}
+
+}  // namespace
+
+bool ffn_supported(int64_t D, int64_t F, DType wt) {
+  if (wt != DType::F32 && wt != DType::F16 && wt != DType::BF16) return false;
+  const int64_t vec = 16 / int64_t(dtype_size(wt));
+  if (D <= 0 || F <= 0 || D % vec != 0) return false;
+  return 2 * smem_bytes(D, dtype_size(wt)) <= kMaxSmemBytes;  // two blocks an SM
+}
+
+void ffn(const FfnArgs& a, Stream stream) {
+  if (!ffn_supported(a.D, a.F, a.wt)) internal_error("ffn: unsupported shape");
+  if (a.in.xt != DType::F32 || a.in.rows) internal_error("ffn: the input must be one fp32 residual row");
+  if (a.ht != DType::F32 && a.ht != a.wt) internal_error("ffn: the hidden dtype is neither fp32 nor the weights'");
+  if (!aligned16(a.W1) || !aligned16(a.W2t) || !aligned16(a.in.x) || !aligned16(a.acc))
+    internal_error("ffn: operands not 16-byte aligned");
+  FfnParams p{RowInput{a.in.x, nullptr, a.in.gamma, a.in.beta, a.in.rms, a.in.eps, a.in.out_scale, 1, a.D},
+              a.D,
+              a.F,
+              a.W1,
+              a.b1,
+              a.W2t,
+              a.b2,
+              a.act,
+              a.ht == DType::F32,
+              static_cast<float*>(const_cast<void*>(a.in.x)),
+              a.acc,
+              a.counter};
+  dispatch_dtype(a.wt, [&](auto w) {
+    using T = decltype(w);
+    a.gated ? launch<T, true>(p, stream) : launch<T, false>(p, stream);
+  });
+  check_launch("ffn");
+}
+
+}  // namespace kestrel::cuda
