@@ -343,11 +343,16 @@ void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const 
 }
 
 void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
-  // Off with KESTREL_FFN_KERNEL=0 (comparisons) and under the persistent step kernel, which reads every
-  // weight in its checkpoint layout.
-  const char* off = std::getenv("KESTREL_FFN_KERNEL");
+  // By default only blocks of at least kFfnKernelMinBytes of weights: on an H100 the kernel took 4% off GPT-2
+  // XL's decode step and 3% off T5-3B's, but made GPT-2 small's (4.5 MiB a block) 2% slower
+  // (bench/results/gpu_ffn_variants_h100_2026-11-26.txt). KESTREL_FFN_KERNEL=1 fuses every block it can
+  // (tests), =0 none (comparisons); never under the persistent step kernel, which reads every weight in its
+  // checkpoint layout.
+  constexpr size_t kFfnKernelMinBytes = size_t(8) << 20;
+  const char* mode = std::getenv("KESTREL_FFN_KERNEL");
+  const std::string ffn_mode = mode ? mode : "";
   const char* step = std::getenv("KESTREL_STEP_KERNEL");
-  if ((off && std::string(off) == "0") || (step && std::string(step) == "1")) return;
+  if (ffn_mode == "0" || (step && std::string(step) == "1")) return;
   std::map<std::string, int> weight_uses;
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops)
@@ -363,8 +368,8 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
       if (norm.kind != OpKind::Norm || up.kind != OpKind::Linear || down.kind != OpKind::Linear) continue;
       const std::string& x = norm.inputs[0];
       if (up.inputs[0] != norm.output || down.inputs[0] != up.output || down.output != x || up.residual ||
-          !down.residual || down.gated || down.act != Activation::Linear || norm.output == x || up.output == x ||
-          read_later_in(ops, i + 3, norm.output) || read_later_in(ops, i + 3, up.output))
+          !down.residual || down.gated || down.act != Activation::Linear || norm.output == x ||
+          up.output == x || read_later_in(ops, i + 3, norm.output) || read_later_in(ops, i + 3, up.output))
         continue;
       const std::string& w_down = down.weights[0];
       const DType wt = weight_dtype_.at(up.weights[0]);
@@ -375,7 +380,10 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
           (ht != DType::F32 && ht != wt) || plan_.weight(w_down).shape != Shape{D, F} ||
           !cuda::ffn_supported(D, F, wt))
         continue;
+      const size_t bytes = size_t(D) * size_t(F) * (up.gated ? 3 : 2) * dtype_size(wt);
+      if (ffn_mode != "1" && bytes < kFfnKernelMinBytes) continue;
       in_out_weights_.insert(w_down);
+      ffn_width_ = std::max(ffn_width_, D);
     }
   }
 }
@@ -403,10 +411,8 @@ void CudaSession::plan_memory(size_t weight_bytes) {
       2 * size_t(plan_.self_slots + plan_.cross_slots) * align_up(size_t(max_batch_) * cache_row);
   const size_t partials = size_t(max_batch_ * heads_ * kMaxSplits * (head_dim_ + 2)) * 4;
   const size_t counters = size_t(max_batch_ * heads_) * 4;
-  int64_t ffn_width = 0;  // ffn(): an fp32 accumulator of the widest block's outputs, and its counter
-  for (const Buffer& b : buffers_)
-    if (!in_out_weights_.empty()) ffn_width = std::max(ffn_width, b.width);
-  const size_t ffn_bytes = in_out_weights_.empty() ? 0 : size_t(ffn_width + 4) * 4;
+  // ffn(): an fp32 accumulator of the widest block's outputs, and its counter
+  const size_t ffn_bytes = ffn_width_ > 0 ? size_t(ffn_width_ + 4) * 4 : 0;
   size_t luts = 0;
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops)
@@ -450,7 +456,7 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   check(cudaMemset(impl_->split_counters, 0, counters), "clearing attention split counters");
   if (ffn_bytes) {
     impl_->ffn_acc = static_cast<float*>(impl_->carve(ffn_bytes));
-    impl_->ffn_counter = reinterpret_cast<unsigned*>(impl_->ffn_acc + ffn_width);
+    impl_->ffn_counter = reinterpret_cast<unsigned*>(impl_->ffn_acc + ffn_width_);
     check(cudaMemset(impl_->ffn_acc, 0, ffn_bytes), "clearing the feed-forward accumulator");
   }
   impl_->meta_dev = static_cast<int32_t*>(impl_->carve(size_t(impl_->meta.total) * 4));
@@ -509,8 +515,8 @@ void CudaSession::upload_weights() {
           check(cudaMemcpyAsync(staging, src.data.data() + r * C, size_t(n * C) * 4, cudaMemcpyHostToDevice,
                                 impl_->stream),
                 "uploading weights");
-          cuda::convert_transposed(staging, DType::F32, n, C, static_cast<char*>(dst) + size_t(r) * dtype_size(t),
-                                   t, R, impl_->stream);
+          cuda::convert_transposed(staging, DType::F32, n, C,
+                                   static_cast<char*>(dst) + size_t(r) * dtype_size(t), t, R, impl_->stream);
           check(cudaStreamSynchronize(impl_->stream), "uploading weights");
         }
         continue;
@@ -569,7 +575,9 @@ std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) 
   // (Indices are into `bound`, which lacks the plan's PositionBias ops.)
   std::vector<const Op*> bound_ops;
   for (const BoundOp& b : bound) bound_ops.push_back(b.op);
-  auto read_later = [&](size_t from, const std::string& name) { return read_later_in(bound_ops, from, name); };
+  auto read_later = [&](size_t from, const std::string& name) {
+    return read_later_in(bound_ops, from, name);
+  };
   for (size_t i = 0; i + 1 < bound.size(); ++i) {
     const Op& first = *bound[i].op;
     const bool take = first.kind == OpKind::TakeOutputs;

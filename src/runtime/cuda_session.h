@@ -23,8 +23,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <string>
 #include <set>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -207,6 +207,7 @@ class CudaSession final : public Session {
   std::map<std::string, const void*> weight_ptr_;
   std::map<std::string, DType> weight_dtype_;
   std::set<std::string> in_out_weights_;  // uploaded transposed (the down projections ffn() reads)
+  int64_t ffn_width_ = 0;                 // the widest of those blocks' outputs
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
   std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;

@@ -166,12 +166,13 @@ def test_single_row_decode_with_tall_projections_matches_transformers(models, tm
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall"])
 def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision):
-    """The one-kernel feed-forward block of one-row forwards (kernels/cuda/ffn.cu, the default) against the
-    norm+GEMV, GEMV pair it replaces (KESTREL_FFN_KERNEL=0), and in fp32 against transformers' greedy."""
+    """The one-kernel feed-forward block of one-row forwards (kernels/cuda/ffn.cu; by default only for large
+    blocks, forced here) against the norm+GEMV, GEMV pair it replaces (KESTREL_FFN_KERNEL=0), and in fp32
+    against transformers' greedy."""
     t5 = arch.startswith("t5")
     prompts = [T5_INPUTS[2]] if t5 else [GPT2_PROMPTS[0]]
     n = 32
-    fused = drive(tmp_path / "fused", models[arch], precision, prompts, new_tokens=n)
+    fused = drive(tmp_path / "fused", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_FFN_KERNEL": "1"})
     pair = drive(tmp_path / "pair", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_FFN_KERNEL": "0"})
     a, b = fused["greedy"][0], pair["greedy"][0]
     same = next((i for i in range(n) if a[i] != b[i]), n - 1) + 1

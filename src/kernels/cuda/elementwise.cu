@@ -51,8 +51,8 @@ __global__ void convert_kernel(const S* src, D* dst, int64_t n) {
     dst[i] = from_f32<D>(to_f32(src[i]));
 }
 
-// dst[c * ld + r] = src[r * C + c]: a [R, C] block transposed through a 32 x 33 shared tile (the padding keeps
-// the column reads free of bank conflicts).
+// dst[c * ld + r] = src[r * C + c]: a [R, C] block transposed through a 32 x 33 shared tile (the padding
+// keeps the column reads free of bank conflicts).
 template <typename S, typename D>
 __global__ void convert_transposed_kernel(const S* src, int64_t R, int64_t C, D* dst, int64_t ld) {
   __shared__ float tile[32][33];
@@ -171,8 +171,8 @@ void convert(const void* src, DType src_t, void* dst, DType dst_t, int64_t n, St
   check_launch("convert");
 }
 
-void convert_transposed(const void* src, DType src_t, int64_t R, int64_t C, void* dst, DType dst_t, int64_t ld,
-                        Stream stream) {
+void convert_transposed(const void* src, DType src_t, int64_t R, int64_t C, void* dst, DType dst_t,
+                        int64_t ld, Stream stream) {
   if (R == 0 || C == 0) return;
   if ((R + 31) / 32 > 65535) internal_error("convert_transposed: more than 2M rows in one call");
   dispatch_dtype(src_t, [&](auto s) {

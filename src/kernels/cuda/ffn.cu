@@ -5,14 +5,15 @@
 // GPT-2 XL (src/kernels/cuda/NOTES.md). Here there is no hand-over: the second projection is split by hidden
 // feature instead of by output. Its weight is uploaded transposed, W2t = W2ᵀ [F, D], so hidden feature f's
 // contributions to every output are one contiguous row; the warp that computes h[f] multiplies that row by
-// h[f] into per-lane partial outputs straight away. Each warp's work is one stream of chunks (W1 rows for a
-// pair of features, then their W2t rows, then the next pair's), two chunks in flight across every boundary,
-// so the memory never waits for a phase to end.
+// h[f] into its own row of fp32 partial outputs in shared memory straight away. Each warp's work is one
+// stream of chunks (W1 rows for a pair of features, then their W2t rows, then the next pair's), the next
+// chunk in flight while one is used, across every boundary, so the memory never waits for a phase to end.
 //
 // The partial outputs of a block's warps are summed in shared memory and added to an fp32 accumulator with
 // vector atomics (one per four outputs and block); the last block to finish (a counter) adds the
 // accumulator and b2 to the residual row and clears both for the next call. Summation order across blocks
-// therefore varies from run to run, in the last bits of fp32 only.
+// therefore varies from run to run, in the last bits of fp32 only. The session uses it for blocks of at least
+// 8 MiB of weights (runtime/cuda_session.cpp, plan_ffn_blocks; measurements in NOTES.md).
 #include <algorithm>
 
 #include "kernels/cuda/device_math.cuh"
@@ -25,7 +26,12 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kChunk = 4;        // 16-byte loads per lane and weight row in one chunk (two chunks in flight)
+// 16-byte loads per lane and weight row in one chunk (two chunks in flight), with the registers bounded for
+// two blocks an SM. Against chunks of 2 with three blocks an SM and chunks of 8 with one (H100, decode step,
+// bench/results/gpu_ffn_variants_h100_2026-11-26.txt): GPT-2 XL 2.43 vs 2.66 and 2.64 ms, T5-3B 1.94 vs
+// 1.95 and 2.02 ms.
+constexpr int kChunk = 4;
+constexpr int kBlocksPerSm = 2;
 constexpr size_t kMaxSmemBytes = size_t(200) << 10;
 
 struct FfnParams {
@@ -42,10 +48,6 @@ struct FfnParams {
   unsigned* counter;
 };
 
-__host__ __device__ constexpr int64_t chunks_per_row(int64_t nvec) {
-  return (nvec + 32 * kChunk - 1) / (32 * kChunk);
-}
-
 __device__ __forceinline__ void add4(float* p, float4 v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   atomicAdd(reinterpret_cast<float4*>(p), v);
@@ -60,13 +62,13 @@ __device__ __forceinline__ void add4(float* p, float4 v) {
 // Warp w of the grid owns hidden features w, w + S, w + 2S, ... (S = warps in the grid), two at a time
 // (n, n + S), or one when gated (its two W1 rows n and n + F).
 template <typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, 2) ffn_kernel(FfnParams p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p) {
   extern __shared__ uint4 smem[];
   constexpr int C = kChunk, V = kVec<T>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t D = p.D, F = p.F;
   const int64_t nvec = D / V;
-  const int chunks = int(chunks_per_row(nvec));
+  const int chunks = int((nvec + 32 * C - 1) / (32 * C));
   const int64_t S = int64_t(gridDim.x) * kWarps;
   const int64_t step = kGated ? S : 2 * S;
   const int64_t n0 = int64_t(blockIdx.x) * kWarps + warp;
@@ -75,7 +77,8 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_kernel(FfnParams p) {
   const T* W1 = static_cast<const T*>(p.W1);
   const T* W2 = static_cast<const T*>(p.W2t);
   auto row = [&](const T* W, int64_t f) { return reinterpret_cast<const uint4*>(W + f * D); };
-  // Chunk q belongs to pair q / (2 chunks): its first `chunks` chunks walk the W1 rows, the rest the W2t rows.
+  // Chunk q belongs to pair q / (2 chunks): its first `chunks` chunks walk the W1 rows, the rest the W2t
+  // rows.
   auto issue = [&](int q, uint4(&w0)[C], uint4(&w1)[C]) {
     if (q >= total) return;
     const int64_t f = n0 + int64_t(q / (2 * chunks)) * step;
@@ -108,9 +111,7 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_kernel(FfnParams p) {
   __syncwarp();
   // Chunk q is in registers a (chunk q + 1 loading into b while a is used).
   int q = 0;
-  auto next = [&] {
-    issue(q + 1, b0, b1);
-  };
+  auto next = [&] { issue(q + 1, b0, b1); };
   auto shift = [&] {
 #pragma unroll
     for (int c = 0; c < C; ++c) {
@@ -226,17 +227,18 @@ template <typename T, bool kGated>
 void launch(const FfnParams& p, cudaStream_t stream) {
   auto* kernel = ffn_kernel<T, kGated>;
   const size_t smem = smem_bytes(p.D, sizeof(T));
-  static const bool configured = [&] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmemBytes));
-    return true;
-  }();
-  (void)configured;
+  static size_t configured = 0;  // the dynamic shared memory the kernel is allowed so far
+  if (smem > configured) {
+    check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))), "ffn");
+    configured = smem;
+  }
   int device = 0, sms = 0, per_sm = 0;
   check(int(cudaGetDevice(&device)), "ffn");
   check(int(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)), "ffn");
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "ffn");
   const int64_t units = kGated ? p.F : (p.F + 1) / 2;  // feature pairs (gated: features)
-  const int64_t blocks = std::clamp<int64_t>((units + kWarps - 1) / kWarps, 1, int64_t(std::max(per_sm, 1)) * sms);
+  const int64_t blocks =
+      std::clamp<int64_t>((units + kWarps - 1) / kWarps, 1, int64_t(std::max(per_sm, 1)) * sms);
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
 }
 
@@ -252,7 +254,8 @@ bool ffn_supported(int64_t D, int64_t F, DType wt) {
 void ffn(const FfnArgs& a, Stream stream) {
   if (!ffn_supported(a.D, a.F, a.wt)) internal_error("ffn: unsupported shape");
   if (a.in.xt != DType::F32 || a.in.rows) internal_error("ffn: the input must be one fp32 residual row");
-  if (a.ht != DType::F32 && a.ht != a.wt) internal_error("ffn: the hidden dtype is neither fp32 nor the weights'");
+  if (a.ht != DType::F32 && a.ht != a.wt)
+    internal_error("ffn: the hidden dtype is neither fp32 nor the weights'");
   if (!aligned16(a.W1) || !aligned16(a.W2t) || !aligned16(a.in.x) || !aligned16(a.acc))
     internal_error("ffn: operands not 16-byte aligned");
   FfnParams p{RowInput{a.in.x, nullptr, a.in.gamma, a.in.beta, a.in.rms, a.in.eps, a.in.out_scale, 1, a.D},

@@ -87,7 +87,8 @@ struct GemmContext::Impl {
 
   // W is stored [N, K] (nn.Linear), or [K, N] with w_in_out.
   void matmul(const void* x, int64_t M, int64_t K, const void* W, bool w_in_out, DType wt, int64_t N,
-              const void* bias, cublasLtEpilogue_t epilogue, bool accumulate, void* y, DType yt, Stream stream);
+              const void* bias, cublasLtEpilogue_t epilogue, bool accumulate, void* y, DType yt,
+              Stream stream);
   // The algorithm for a GEMM shape seen for the first time: the heuristic's candidates, each timed on the
   // real inputs (output to tuning_output), fastest kept; the heuristic's first where timing is impossible
   // (inside a CUDA graph capture, or an output larger than the tuning buffer).
@@ -215,8 +216,9 @@ void GemmContext::Impl::matmul(const void* x, int64_t M, int64_t K, const void* 
 
 namespace {
 
-void blas_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, bool w_in_out, DType wt,
-                 int64_t N, const void* bias, Act act, bool residual, void* y, DType yt, Stream stream) {
+void blas_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const void* W, bool w_in_out,
+                 DType wt, int64_t N, const void* bias, Act act, bool residual, void* y, DType yt,
+                 Stream stream) {
   // cuBLASLt fuses bias, bias+GELU (tanh form, as gelu_new) and bias+ReLU. GELU is fused only in 16-bit
   // modes: fp32 runs must match references to 1e-4, so there the exact definition runs as its own pass.
   const bool wide = wt == DType::F32;
@@ -267,8 +269,8 @@ void gated_linear(GemmContext& ctx, const void* x, int64_t M, int64_t K, const v
     return;
   }
   // fp32 h keeps the two halves' product from overflowing fp16 before the gate.
-  ctx.impl().matmul(x, M, K, W01, false, wt, 2 * F, nullptr, CUBLASLT_EPILOGUE_DEFAULT, false, scratch, DType::F32,
-                    stream);
+  ctx.impl().matmul(x, M, K, W01, false, wt, 2 * F, nullptr, CUBLASLT_EPILOGUE_DEFAULT, false, scratch,
+                    DType::F32, stream);
   dispatch_dtype(yt, [&](auto z) {
     using TY = decltype(z);
     gate_kernel<TY><<<grid_for(M * F), 256, 0, stream>>>(scratch, M, F, act, residual, static_cast<TY*>(y));

@@ -292,7 +292,8 @@ void launch(const GemvParams& p, cudaStream_t stream) {
     const char* v = std::getenv("KESTREL_GEMV_TALL");
     return v && std::string(v) == "0";
   }();
-  if (kRows == 1 && !tall_off && p.vector_ok && units * 2 < resident_warps && p.in.K / kVec<T> >= 32 * kWarps) {
+  if (kRows == 1 && !tall_off && p.vector_ok && units * 2 < resident_warps &&
+      p.in.K / kVec<T> >= 32 * kWarps) {
     const int64_t blocks = std::min<int64_t>(p.N, resident_warps / kWarps);
     launch_pdl(gemv_tall_kernel<T, TX, TY, kStaged, kGated>, dim3(unsigned(blocks)), dim3(kThreads), smem,
                stream, p);

@@ -31,8 +31,8 @@ size_t element_size(DType t);
 void convert(const void* src, DType src_t, void* dst, DType dst_t, int64_t n, Stream stream);
 // dst[c * ld + r] = convert(src[r * C + c]) for a row-major [R, C] src: R rows written as R columns of dst
 // (uploading a weight transposed, a block of rows at a time).
-void convert_transposed(const void* src, DType src_t, int64_t R, int64_t C, void* dst, DType dst_t, int64_t ld,
-                        Stream stream);
+void convert_transposed(const void* src, DType src_t, int64_t R, int64_t C, void* dst, DType dst_t,
+                        int64_t ld, Stream stream);
 
 // A cuBLASLt handle, its workspace and the algorithms chosen per GEMM shape.
 class GemmContext {
@@ -95,10 +95,11 @@ bool gemv_stages_input(int64_t M, int64_t K, DType wt);
 void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
           Act act, bool gated, bool residual, void* y, DType yt, Stream stream);
 
-// A decode step's feed-forward block for one row, as one kernel (ffn.cu): with x the fp32 residual row
-// in.x[D] and n = norm(x) as `in` describes it (rounded to the weight dtype, as gemv() stages it),
-//   x += act(n · W1ᵀ + b1) · W2 + b2, or gated (W1 = [W0; W1], no b1): x += (act(n · W0ᵀ) * (n · W1ᵀ)) · W2 + b2,
-// where W2 [D, F] is given transposed: W2t [F, D]. The hidden activation is rounded to `ht` (F32 or wt), the
+// A decode step's feed-forward block for one row, as one kernel (ffn.cu). With x the fp32 residual row
+// in.x[D] and n = norm(x) as `in` describes it (rounded to the weight dtype, as gemv() stages it):
+//   h = act(n · W1ᵀ + b1), or gated (W1 = [W0; W1], no b1): h = act(n · W0ᵀ) * (n · W1ᵀ);
+//   x += h · W2ᵀ + b2,
+// where the down projection W2 [D, F] is given transposed, W2t [F, D]. h is rounded to `ht` (F32 or wt), the
 // dtype the two-GEMV form would store it in; b1 has dtype ht, b2 is fp32. `acc` (D floats) and `counter` must
 // be zero and are left zero (the kernel's cross-block sum; its order varies in fp32's last bits).
 struct FfnArgs {
