@@ -1237,18 +1237,7 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
       else if (out.rows != in.rows)
         internal_error("residual linear into '" + op.output + "' with mismatched rows");
       const int64_t N = plan_.weight(op.weights[0]).shape[0];
-      if (b.w_in_out) {  // a feed-forward block's down projection over several rows (fused_ffn takes one)
-        const void* x = in.data;
-        if (in.dtype != b.wt) {
-          cuda::convert(in.data, in.dtype, impl_->convert_scratch, b.wt, in.rows * in.width, s);
-          x = impl_->convert_scratch;
-        }
-        cuda::linear_in_out(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N,
-                            b.w.size() > 1 ? b.w[1] : nullptr, to_kernel_act(op.act), op.residual, out.data,
-                            out.dtype, s);
-        return;
-      }
-      if (in.dtype != b.wt && in.rows <= cuda::kGemvMaxRows &&
+      if (!b.w_in_out && in.dtype != b.wt && in.rows <= cuda::kGemvMaxRows &&
           cuda::gemv_stages_input(in.rows, in.width, b.wt)) {  // the GEMV converts while staging its input
         cuda::StepLinear L;
         L.in = cuda::LinearInput{in.data, in.dtype};
@@ -1261,12 +1250,16 @@ void CudaSession::run_op(const BoundOp& b, const Pass& pass) {
         cuda::convert(in.data, in.dtype, impl_->convert_scratch, b.wt, in.rows * in.width, s);
         x = impl_->convert_scratch;
       }
+      const void* bias = b.w.size() > 1 ? b.w[1] : nullptr;
       if (op.gated)
         cuda::gated_linear(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N / 2, to_kernel_act(op.act),
                            op.residual, out.data, out.dtype, impl_->gate_scratch, s);
+      else if (b.w_in_out)  // a feed-forward block's down projection over several rows (fused_ffn takes one)
+        cuda::linear_in_out(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N, bias, to_kernel_act(op.act),
+                            op.residual, out.data, out.dtype, s);
       else
-        cuda::linear(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N, b.w.size() > 1 ? b.w[1] : nullptr,
-                     to_kernel_act(op.act), op.residual, out.data, out.dtype, s);
+        cuda::linear(*impl_->gemm, x, in.rows, in.width, b.w[0], b.wt, N, bias, to_kernel_act(op.act),
+                     op.residual, out.data, out.dtype, s);
       return;
     }
     case OpKind::Attention: {

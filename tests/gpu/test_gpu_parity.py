@@ -163,28 +163,36 @@ def test_single_row_decode_with_tall_projections_matches_transformers(models, tm
         assert out["greedy"][0] == hf_greedy(hf, start, n, prompt if t5 else None)
 
 
+def decodes_agree(models, tmp_path, arch, precision, n, test, variant_env, baseline_env):
+    """Greedy decodes of n tokens under two environments (a kernel variant and the path it replaces): log-probs
+    within TOL up to the first step whose token differs (16-bit rounding may tip a near tie; after it the
+    contexts differ); in fp32 the tokens equal each other and transformers' greedy. Returns the variant's run."""
+    t5 = arch.startswith("t5")
+    prompts = [T5_INPUTS[2]] if t5 else [GPT2_PROMPTS[0]]
+    out = drive(tmp_path / "variant", models[arch], precision, prompts, new_tokens=n, env=variant_env)
+    base = drive(tmp_path / "baseline", models[arch], precision, prompts, new_tokens=n, env=baseline_env)
+    a, b = out["greedy"][0], base["greedy"][0]
+    same = next((i for i in range(n) if a[i] != b[i]), n - 1) + 1
+    err = float(np.abs(out["steps"].reshape(n, -1)[:same] - base["steps"].reshape(n, -1)[:same]).max())
+    report(test=test, arch=arch, precision=precision, step_max_abs_diff=err, same_tokens=same)
+    assert np.isfinite(out["steps"]).all()
+    assert err <= TOL[precision], f"{arch} {precision}: {test} log-probs differ by {err}"
+    if precision == "fp32":
+        assert a == b
+        hf = hf_model(models[arch], t5)
+        start = [0] if t5 else prompts[0]
+        assert a == hf_greedy(hf, start, n, prompts[0] if t5 else None)
+    return out
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall"])
 def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision):
     """The one-kernel feed-forward block of one-row forwards (kernels/cuda/ffn.cu; by default only for large
     blocks, forced here) against the norm+GEMV, GEMV pair it replaces (KESTREL_FFN_KERNEL=0), and in fp32
     against transformers' greedy."""
-    t5 = arch.startswith("t5")
-    prompts = [T5_INPUTS[2]] if t5 else [GPT2_PROMPTS[0]]
-    n = 32
-    fused = drive(tmp_path / "fused", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_FFN_KERNEL": "1"})
-    pair = drive(tmp_path / "pair", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_FFN_KERNEL": "0"})
-    a, b = fused["greedy"][0], pair["greedy"][0]
-    same = next((i for i in range(n) if a[i] != b[i]), n - 1) + 1
-    err = float(np.abs(fused["steps"].reshape(n, -1)[:same] - pair["steps"].reshape(n, -1)[:same]).max())
-    report(test="ffn_kernel", arch=arch, precision=precision, step_max_abs_diff=err, same_tokens=same)
-    assert np.isfinite(fused["steps"]).all()
-    assert err <= TOL[precision], f"{arch} {precision}: ffn kernel log-probs differ by {err}"
-    if precision == "fp32":
-        assert a == b
-        hf = hf_model(models[arch], t5)
-        start = [0] if t5 else prompts[0]
-        assert a == hf_greedy(hf, start, n, prompts[0] if t5 else None)
+    decodes_agree(models, tmp_path, arch, precision, 32, "ffn_kernel", {"KESTREL_FFN_KERNEL": "1"},
+                  {"KESTREL_FFN_KERNEL": "0"})
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -192,25 +200,9 @@ def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision):
 def test_step_kernel_matches_op_by_op_decode(models, tmp_path, arch, precision):
     """The persistent decode-step kernel (KESTREL_STEP_KERNEL=1, one row) against the op-by-op graph and, in
     fp32, transformers' greedy."""
-    t5 = arch.startswith("t5")
-    prompts = [T5_INPUTS[2]] if t5 else [GPT2_PROMPTS[0]]
-    n = 40
-    one = drive(tmp_path / "one", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_STEP_KERNEL": "1"})
-    ops = drive(tmp_path / "ops", models[arch], precision, prompts, new_tokens=n, env={"KESTREL_STEP_KERNEL": "0"})
-    # Compared up to the first step whose token differs (16-bit rounding may tip a near tie; after it the
-    # contexts differ).
-    a, b = one["greedy"][0], ops["greedy"][0]
-    same = next((i for i in range(n) if a[i] != b[i]), n - 1) + 1
-    err = float(np.abs(one["steps"].reshape(n, -1)[:same] - ops["steps"].reshape(n, -1)[:same]).max())
-    report(test="step_kernel", arch=arch, precision=precision, step_max_abs_diff=err, same_tokens=same)
-    assert np.isfinite(one["steps"]).all()
-    assert err <= TOL[precision], f"{arch} {precision}: step kernel log-probs differ by {err}"
+    one = decodes_agree(models, tmp_path, arch, precision, 40, "step_kernel", {"KESTREL_STEP_KERNEL": "1"},
+                        {"KESTREL_STEP_KERNEL": "0"})
     assert one["greedy_device"] == one["greedy"]
-    if precision == "fp32":
-        assert one["greedy"] == ops["greedy"]
-        hf = hf_model(models[arch], t5)
-        start = [0] if t5 else prompts[0]
-        assert one["greedy"][0] == hf_greedy(hf, start, n, prompts[0] if t5 else None)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

@@ -59,6 +59,11 @@ __device__ __forceinline__ void add4(float* p, float4 v) {
 #endif
 }
 
+// The staged input row's bytes, rounded up to 16 so the partial outputs after it stay float4-aligned.
+__host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes) {
+  return (size_t(D) * weight_bytes + 15) / 16 * 16;
+}
+
 // Warp w of the grid owns hidden features w, w + S, w + 2S, ... (S = warps in the grid), two at a time
 // (n, n + S), or one when gated (its two W1 rows n and n + F).
 template <typename T, bool kGated>
@@ -96,7 +101,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
   issue(0, a0, a1);  // weights never change: before the previous kernel has finished
   pdl_wait();
   pdl_trigger();
-  const size_t stage_bytes = (size_t(D) * sizeof(T) + 15) / 16 * 16;
   stage_rows<T, float, 1, kThreads>(p.in, reinterpret_cast<T*>(smem));
   const uint4* xv = smem;
   const T* bias_t = static_cast<const T*>(p.b1);
@@ -105,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
 
   // The warp's partial outputs: its own row of fp32 sums in shared memory (after the staged input), which
   // each lane updates at the columns of its loads only.
-  float* part = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + stage_bytes);
+  float* part = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + stage_bytes(D, sizeof(T)));
   float* out = part + warp * D;
   for (int64_t d = lane; d < D; d += 32) out[d] = 0.0f;
   __syncwarp();
@@ -218,9 +222,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
   if (threadIdx.x == 0) *p.counter = 0;
 }
 
-// The staged input row, then kWarps rows of fp32 partial outputs.
+// Shared memory: the staged input row, then kWarps rows of fp32 partial outputs.
 size_t smem_bytes(int64_t D, size_t weight_bytes) {
-  return (size_t(D) * weight_bytes + 15) / 16 * 16 + size_t(kWarps) * size_t(D) * 4;
+  return stage_bytes(D, weight_bytes) + size_t(kWarps) * size_t(D) * 4;
 }
 
 template <typename T, bool kGated>

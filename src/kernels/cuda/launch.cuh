@@ -29,22 +29,33 @@ __device__ __forceinline__ void pdl_trigger() {
 // True when the current device runs PDL (compute capability 9.0+); read once per process and device 0..15.
 bool pdl_supported();
 
-// kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute where
-// supported.
+// kernel<<<grid, block, smem, stream>>>(args...) through cudaLaunchKernelEx, with `attribute` when it is
+// given; `what` names the launch in the error.
 template <typename... KArgs, typename... Args>
-void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                Args&&... args) {
+void launch_ex(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+               const cudaLaunchAttribute* attribute, const char* what, Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = pdl_supported() ? 1 : 0;
-  check(int(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...)), "kernel launch");
+  cudaLaunchAttribute attributes[1];
+  if (attribute) attributes[0] = *attribute;
+  config.attrs = attributes;
+  config.numAttrs = attribute ? 1 : 0;
+  check(int(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...)), what);
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute where
+// supported.
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  launch_ex(kernel, grid, block, smem, stream, pdl_supported() ? &attribute : nullptr, "kernel launch",
+            std::forward<Args>(args)...);
 }
 
 }  // namespace kestrel::cuda

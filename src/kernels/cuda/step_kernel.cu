@@ -683,18 +683,11 @@ void run_step_program(const void* program, size_t n_ops, Stream stream) {
   if (per_sm < 1) internal_error("step kernel: a block does not fit on an SM");
   // Every block must be resident at once (grid barriers): one per SM, launched cooperatively so the driver
   // guarantees it.
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned(sms));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmemBytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeCooperative;
-  attribute[0].val.cooperative = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  check(int(cudaLaunchKernelEx(&config, step_kernel, static_cast<const char*>(program), int(n_ops))),
-        "step kernel launch");
+  cudaLaunchAttribute cooperative{};
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  launch_ex(step_kernel, dim3(unsigned(sms)), dim3(kThreads), kSmemBytes, stream, &cooperative,
+            "step kernel launch", static_cast<const char*>(program), int(n_ops));
 }
 
 }  // namespace kestrel::cuda
