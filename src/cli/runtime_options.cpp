@@ -16,6 +16,9 @@ void add_runtime_options(CLI::App* cmd, RuntimeArgs& a) {
                   "Most rows (prompts x beams) memory is planned for; 0 = default");
   cmd->add_option("--max-length", a.max_length,
                   "Most tokens per row memory is planned for (cuda); 0 = default");
+  cmd->add_flag("--deterministic", a.deterministic,
+                "cuda: identical results run to run (no kernels that add partial sums in arbitrary order; a few "
+                "percent slower on large models)");
   cmd->add_flag("--cache,!--no-cache", a.cache,
                 "Keep the engine built from a checkpoint under the Kestrel cache and reuse it (default on)");
 }
@@ -41,6 +44,7 @@ RuntimeChoice resolve_runtime(const RuntimeArgs& a) {
   c.session.threads = a.threads;
   c.session.max_batch = a.max_batch;
   c.session.max_length = a.max_length;
+  c.session.deterministic = a.deterministic;
   return c;
 }
 

@@ -20,6 +20,7 @@ struct RuntimeArgs {
   int threads = 0;
   int64_t max_batch = 0, max_length = 0;
   bool cache = true;
+  bool deterministic = false;
 };
 
 struct RuntimeChoice {

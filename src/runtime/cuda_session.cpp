@@ -54,10 +54,20 @@ namespace {
 using cuda::check;
 constexpr size_t kAlign = 256;
 constexpr int kMaxSplits = 32;
+// Decode attention runs with its output projection fused in up to this many keys a row (see forward()).
+// Measured a gain at up to 128 keys on an H100 (64-token prompts, 64 new tokens); longer contexts keep the
+// split attention kernel.
+constexpr int64_t kProjectMaxKeys = 256;
 // Rows of logits one forward may return (all_positions scoring of long batches needs more passes).
 constexpr int64_t kMaxOutputRows = 2048;
 constexpr size_t kStagingFloats = size_t(16) << 20;   // 64 MiB of fp32 per upload chunk
 constexpr size_t kHeadroomBytes = size_t(256) << 20;  // CUDA context, cuBLASLt kernels, graphs
+
+// Whether environment variable `name` is set to something other than "" or "0".
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
 
 // Whether ops[from..] read buffer `name` before something overwrites it.
 bool read_later_in(const std::vector<const Op*>& ops, size_t from, const std::string& name) {
@@ -152,6 +162,7 @@ CudaSession::CudaSession(const Model& model, const SessionOptions& options, cons
     : model_(model),
       plan_(model.plan()),
       options_(options),
+      deterministic_(cuda.deterministic || env_flag("KESTREL_DETERMINISTIC")),
       compute_(parse_precision(cuda.precision)),
       vocab_(model.config().vocab_size()),
       impl_(std::make_unique<Impl>()) {
@@ -251,6 +262,7 @@ CudaSession::CudaSession(const Model& model, const SessionOptions& options, cons
       }
     }
   plan_ffn_blocks(dtype);
+  plan_attention_projections(dtype);
   size_t weight_bytes = 0;
   for (const auto& [name, t] : weight_dtype_)
     weight_bytes += align_up(size_t(shape_numel(plan_.weight(name).shape)) * dtype_size(t));
@@ -346,13 +358,12 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
   // By default only blocks of at least kFfnKernelMinBytes of weights: on an H100 the kernel took 4% off GPT-2
   // XL's decode step and 3% off T5-3B's, but made GPT-2 small's (4.5 MiB a block) 2% slower
   // (bench/results/gpu_ffn_variants_h100_2026-11-26.txt). KESTREL_FFN_KERNEL=1 fuses every block it can
-  // (tests), =0 none (comparisons); never under the persistent step kernel, which reads every weight in its
-  // checkpoint layout.
+  // (tests), =0 none (comparisons); never with --deterministic (the blocks' sums meet in float atomics) or
+  // under the persistent step kernel, which reads every weight in its checkpoint layout.
   constexpr size_t kFfnKernelMinBytes = size_t(8) << 20;
   const char* mode = std::getenv("KESTREL_FFN_KERNEL");
   const std::string ffn_mode = mode ? mode : "";
-  const char* step = std::getenv("KESTREL_STEP_KERNEL");
-  if (ffn_mode == "0" || (step && std::string(step) == "1")) return;
+  if (ffn_mode == "0" || deterministic_ || env_flag("KESTREL_STEP_KERNEL")) return;
   std::map<std::string, int> weight_uses;
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops)
@@ -384,6 +395,38 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
       if (ffn_mode != "1" && bytes < kFfnKernelMinBytes) continue;
       in_out_weights_.insert(w_down);
       ffn_width_ = std::max(ffn_width_, D);
+    }
+  }
+}
+
+void CudaSession::plan_attention_projections(const std::map<std::string, DType>& dtype) {
+  // An attention op whose output only feeds the next op, a linear adding into the fp32 residual stream: decode
+  // steps run the two as one kernel (attention() with proj_wt), the projection uploaded transposed.
+  // KESTREL_ATTN_PROJECT=0 keeps them apart (comparisons); so do --deterministic (the kernel adds the heads'
+  // products with atomics) and the persistent step kernel.
+  const char* mode = std::getenv("KESTREL_ATTN_PROJECT");
+  if ((mode && std::string(mode) == "0") || deterministic_ || env_flag("KESTREL_STEP_KERNEL")) return;
+  std::map<std::string, int> weight_uses;
+  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
+    for (const Op& op : *ops)
+      for (const auto& w : op.weights) ++weight_uses[w];
+  const int64_t vec = 16 / int64_t(dtype_size(compute_));
+  for (const auto* program : {&plan_.encoder, &plan_.decoder}) {
+    std::vector<const Op*> ops;
+    for (const Op& op : *program)
+      if (op.kind != OpKind::PositionBias) ops.push_back(&op);
+    for (size_t i = 0; i + 1 < ops.size(); ++i) {
+      const Op& att = *ops[i];
+      const Op& lin = *ops[i + 1];
+      if (att.kind != OpKind::Attention || lin.kind != OpKind::Linear || lin.inputs[0] != att.output ||
+          !lin.residual || lin.gated || lin.act != Activation::Linear || read_later_in(ops, i + 2, att.output))
+        continue;
+      const std::string& w = lin.weights[0];
+      const int64_t N = plan_.buffers.at(lin.output), K = att.heads * att.head_dim;
+      if (weight_uses[w] != 1 || weight_dtype_.at(w) != compute_ || dtype.at(lin.output) != DType::F32 ||
+          plan_.weight(w).shape != Shape{N, K} || N % vec != 0 || (att.head_dim * int64_t(dtype_size(compute_))) % 16 != 0)
+        continue;
+      in_out_weights_.insert(w);
     }
   }
 }
@@ -596,9 +639,13 @@ std::vector<CudaSession::BoundOp> CudaSession::bind(const std::vector<Op>& ops) 
   for (size_t i = 0; i < bound.size(); ++i) {
     const Op& op = *bound[i].op;
     if (op.kind != OpKind::Linear || !in_out_weights_.count(op.weights[0])) continue;
+    bound[i].w_in_out = true;
+    if (i >= 1 && bound[i - 1].op->kind == OpKind::Attention) {  // plan_attention_projections
+      bound[i - 1].projected = true;
+      continue;
+    }
     // plan_ffn_blocks picked it as the down projection of norm, up, down (no PositionBias op in between)
     if (i < 2 || bound[i - 2].op->kind != OpKind::Norm) internal_error("ffn block lost its norm");
-    bound[i].w_in_out = true;
     bound[i - 2].feeds_ffn = true;
   }
   return bound;
@@ -897,6 +944,10 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   pass.splits_self = encoder ? 1 : choose_splits(T, heads_, max_self);
   pass.splits_cross = encoder ? 1 : choose_splits(T, heads_, max_cross);
   pass.decode = one_token_each;
+  // Attention with its output projection fused in attends over all keys in every column slice's block: only
+  // for contexts short enough that those repeated reads (from L2) cost less than a second kernel.
+  pass.project_self = one_token_each && T <= cuda::kMaxProjectRows && max_self <= kProjectMaxKeys;
+  pass.project_cross = one_token_each && T <= cuda::kMaxProjectRows && max_cross <= kProjectMaxKeys;
   pass.rows = B;
   for (const auto& r : tokens) pass.max_row_tokens = std::max(pass.max_row_tokens, int64_t(r.size()));
   const Buffer& out = buffers_[size_t(decoder_.back().out)];
@@ -909,7 +960,7 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
     // own attention splits, so one graph serves every length).
     const bool one_kernel = B == 1 && T == 1 && prepare_step_kernel(program, pass);
     const auto key = std::make_tuple(B, one_kernel ? 0 : pass.splits_self, one_kernel ? 0 : pass.splits_cross,
-                                     want == Want::Ids);
+                                     want == Want::Ids, pass.project_self, pass.project_cross);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
@@ -1034,6 +1085,7 @@ bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const
 void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& pass) {
   for (size_t i = 0; i < program.size();) {
     size_t fused = fused_ffn(program, i);
+    if (fused == 0) fused = fused_attention(program, i, pass);
     if (fused == 0) fused = fused_linear(program, i, pass);
     if (fused > 0) {
       i += fused;
@@ -1113,6 +1165,24 @@ size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i) {
   buffer(up.out).rows = 1;
   cuda::ffn(a, impl_->stream);
   return 3;
+}
+
+size_t CudaSession::fused_attention(const std::vector<BoundOp>& program, size_t i, const Pass& pass) {
+  if (!program[i].projected) return 0;
+  const BoundOp& att = program[i];
+  if (!(att.op->kv == KVSource::Cross ? pass.project_cross : pass.project_self)) return 0;
+  const BoundOp& lin = program[i + 1];
+  Buffer& x = buffer(lin.out);
+  if (x.rows != pass.T) internal_error("residual linear into '" + lin.op->output + "' with mismatched rows");
+  cuda::AttentionArgs a = attention_args(att, pass);
+  a.splits = 1;  // every block attends over all keys of its row, then projects its column slice
+  a.proj_wt = lin.w[0];
+  a.proj_bias = lin.w.size() > 1 ? static_cast<const float*>(lin.w[1]) : nullptr;
+  a.proj_out = static_cast<float*>(x.data);
+  a.proj_n = x.width;
+  if (!cuda::attention_can_project(a)) return 0;
+  cuda::attention(a, impl_->stream);
+  return 2;
 }
 
 void CudaSession::linear_call(const BoundOp& lin, int64_t K, const Buffer& out, cuda::StepLinear& L) const {

@@ -48,6 +48,9 @@ struct CudaSessionOptions {
   int64_t max_batch = 8;           // rows of KV cache planned up front (beams count as rows)
   int64_t max_length = 0;  // tokens per row (decoder sequence; also the encoder input); 0: min(model, 1024)
   int device_index = 0;
+  // No kernel that sums across blocks with atomics (fused_ffn, fused_attention): results identical run to
+  // run. Also set by KESTREL_DETERMINISTIC=1.
+  bool deterministic = false;
 };
 
 // Parses "fp32" / "fp16" / "bf16"; a kestrel::Error naming the option otherwise.
@@ -124,7 +127,12 @@ class CudaSession final : public Session {
     // A norm that starts a feed-forward block (norm, up projection, down projection added into the norm's
     // source): forwards of one row run the three as one kernel (fused_ffn).
     bool feeds_ffn = false;
-    bool w_in_out = false;  // w[0] is uploaded transposed, [in, out] (the down projection of such a block)
+    // An attention whose output only feeds the linear after it, which adds into the fp32 residual stream:
+    // decode forwards run the two as one kernel (fused_attention).
+    bool projected = false;
+    // w[0] is uploaded transposed, [in, out] (the down projection of a feed-forward block, or the projection
+    // after a projected attention).
+    bool w_in_out = false;
   };
   struct PositionBias {
     std::string buffer;
@@ -163,6 +171,7 @@ class CudaSession final : public Session {
     int64_t rows = 0, max_row_tokens = 0;  // batch rows, and the most tokens one of them feeds
     int splits_self = 1, splits_cross = 1;
     bool decode = false;
+    bool project_self = false, project_cross = false;  // projected attentions run fused (fused_attention)
   };
   void run_program(const std::vector<BoundOp>& program, const Pass& pass);
   void run_op(const BoundOp& b, const Pass& pass);
@@ -177,6 +186,12 @@ class CudaSession final : public Session {
   cuda::LinearInput norm_input(const BoundOp& norm, const Buffer& src) const;
   // Picks the feed-forward blocks ffn() will run and records their down projections in in_out_weights_.
   void plan_ffn_blocks(const std::map<std::string, DType>& dtype);
+  // Picks the attention ops whose output projection runs inside them in decode steps and records those
+  // projections in in_out_weights_.
+  void plan_attention_projections(const std::map<std::string, DType>& dtype);
+  // Runs program[i..i+1] as one attention kernel with the output projection fused in when it is a projected
+  // attention in a decode pass; returns the ops consumed (0: not fused).
+  size_t fused_attention(const std::vector<BoundOp>& program, size_t i, const Pass& pass);
   // The weight, output and epilogue of linear op `lin` over inputs of width K, into L (L.in is the caller's).
   void linear_call(const BoundOp& lin, int64_t K, const Buffer& out, cuda::StepLinear& L) const;
   cuda::AttentionArgs attention_args(const BoundOp& b, const Pass& pass);
@@ -193,6 +208,7 @@ class CudaSession final : public Session {
   const Model& model_;
   const Plan& plan_;
   SessionOptions options_;
+  bool deterministic_ = false;
   DType compute_;
   int64_t vocab_ = 0, max_batch_ = 0, max_length_ = 0, max_tokens_ = 0, max_out_rows_ = 0;
   int64_t last_out_rows_ = 0;  // rows of logits the last decoder forward left on the device
@@ -206,13 +222,13 @@ class CudaSession final : public Session {
   std::vector<PositionBias> position_biases_;
   std::map<std::string, const void*> weight_ptr_;
   std::map<std::string, DType> weight_dtype_;
-  std::set<std::string> in_out_weights_;  // uploaded transposed (the down projections ffn() reads)
+  std::set<std::string> in_out_weights_;  // uploaded transposed (read by ffn() and fused_attention())
   int64_t ffn_width_ = 0;                 // the widest of those blocks' outputs
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
   std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;
-  // (batch, self splits, cross splits, argmax included) -> cudaGraphExec_t
-  std::map<std::tuple<int64_t, int, int, bool>, void*> graphs_;
+  // (batch, self splits, cross splits, argmax included, project_self, project_cross) -> cudaGraphExec_t
+  std::map<std::tuple<int64_t, int, int, bool, bool, bool>, void*> graphs_;
 };
 
 #endif  // KESTREL_HAVE_CUDA

@@ -60,6 +60,7 @@ std::unique_ptr<Session> open_session(const Model& model, const SessionOptions& 
     CudaSessionOptions cuda;
     cuda.precision = options.precision;
     cuda.max_length = options.max_length;
+    cuda.deterministic = options.deterministic;
     if (options.max_batch > 0) cuda.max_batch = options.max_batch;
     return open_cuda_session(model, options, cuda);
   }

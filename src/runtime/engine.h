@@ -33,6 +33,9 @@ struct SessionOptions {
   // also the T5 encoder input) planned up front; 0 = min(model positions, 1024). See runtime/cuda_session.h.
   std::string precision = "fp16";
   int64_t max_length = 0;
+  // --device cuda only: run-to-run identical results. The decode kernels that add blocks' partial sums with
+  // atomics (in no fixed order) give way to ordered ones, a few percent slower on large models.
+  bool deterministic = false;
 };
 
 // What an engine file was built for (`kestrel build --device/--precision/--max-batch/--max-length`).

@@ -17,6 +17,7 @@
 // Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key
 // with an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
 #include <algorithm>
+#include <cstdlib>
 
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/device_math.cuh"
@@ -151,14 +152,77 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) 
   return v;
 }
 
+// The shared memory of a block: its split's scores, then (with the projection fused in) the weight slice.
+__host__ __device__ inline size_t scores_bytes(int64_t keys) {
+  return (size_t(keys) * sizeof(float) + 15) / 16 * 16;
+}
+
+__device__ __forceinline__ void add_to(float4& a, const float4& b) {
+  a.x += b.x;
+  a.y += b.y;
+  a.z += b.z;
+  a.w += b.w;
+}
+
+// out[t, c0 + n] += Σ_d o[d] · wslice[d][n] (+ bias[c0 + n] for head 0) over the block's nv column vectors.
+// Threads split as (column vector, group of rows d); the groups are summed through `parts`
+// (kRowThreads · 8 floats), then added with 16-byte atomics: the heads' sums arrive in any order, so the
+// result may differ run to run in the last bits (KESTREL_DETERMINISTIC=1 runs the unfused kernels instead).
+// An ordered sum (partials, then the last block of each slice adding them in head order) measured 5-7 %
+// slower on the whole decode step: its chain of fence, counter and reads is longer than the attention.
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionArgs a) {
-  extern __shared__ float scores[];  // [keys of this split]
-  __shared__ float qs[kMaxHeadDim];
-  __shared__ float red[kRowThreads / 32];
-  __shared__ float sum_parts[kRowThreads * 8];
+__device__ __forceinline__ void project(const AttentionArgs& a, const float* o, const T* wslice, int cols,
+                                        int nv, int64_t c0, int t, int h, float* parts) {
   constexpr int V = kVec<T>;
-  const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+  const int D = a.head_dim, tid = threadIdx.x;
+  float* out = a.proj_out + int64_t(t) * a.proj_n + c0;
+  for (int base = 0; base < nv; base += kRowThreads) {
+    const int width = min(nv - base, kRowThreads);  // column vectors this round
+    const int groups = kRowThreads / width;
+    const int cv = tid % width, g = tid / width;
+    float acc[V] = {};
+    if (g < groups)
+      for (int d = g; d < D; d += groups) {
+        float w[V];
+        widen<T>(*reinterpret_cast<const uint4*>(wslice + d * cols + (base + cv) * V), w);
+        const float od = o[d];
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[e] += od * w[e];
+      }
+    __syncthreads();  // parts is free (the attention's last reads, or the previous round's)
+    if (g < groups)
+#pragma unroll
+      for (int e = 0; e < V; ++e) parts[(g * width + cv) * V + e] = acc[e];
+    __syncthreads();
+    for (int i = tid; i < width * V / 4; i += kRowThreads) {
+      const int64_t n = int64_t(base) * V + i * 4;
+      float4 sum = h == 0 && a.proj_bias ? *reinterpret_cast<const float4*>(a.proj_bias + c0 + n)
+                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int gg = 0; gg < groups; ++gg) add_to(sum, *reinterpret_cast<const float4*>(parts + gg * width * V + i * 4));
+      atomic_add4(out + n, sum);
+    }
+  }
+}
+
+#ifndef KESTREL_ATTN_PROJECT_MIN_BLOCKS
+#define KESTREL_ATTN_PROJECT_MIN_BLOCKS 7
+#endif
+// The projecting kernel is held to 72 registers a thread (7 blocks an SM) so that a block fits on an SM beside
+// three blocks of the QKV GEMV before it and starts its weight prefetch under programmatic dependent launch.
+constexpr int kProjectMinBlocks = KESTREL_ATTN_PROJECT_MIN_BLOCKS;
+
+// With kProject (AttentionArgs::proj_wt), blockIdx.z is the column slice of the output projection rather
+// than a key split: each block attends over all of its row's keys, then projects.
+template <typename T, bool kProject>
+__global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1) attention_rows_kernel(AttentionArgs a) {
+  extern __shared__ float4 dynamic_smem[];
+  float* scores = reinterpret_cast<float*>(dynamic_smem);  // [keys of this split]
+  __shared__ float qs[kMaxHeadDim];  // the scaled query; with kProject, later the head's output
+  __shared__ float red[kRowThreads / 32];
+  __shared__ __align__(16) float sum_parts[kRowThreads * 8];  // read as float4 by project()
+  constexpr int V = kVec<T>;
+  const int t = blockIdx.x, h = blockIdx.y;
+  const int split = kProject ? 0 : blockIdx.z, splits = kProject ? 1 : gridDim.z;
   const int tid = threadIdx.x;
   const int D = a.head_dim, DV = D / V;
   const KeyRange r = key_range(a, t, split, splits);
@@ -195,11 +259,25 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
     const int j = k0 + g + i * groups;
     if (a.cache_ready && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
   }
+  // The projection's weight slice: rows h·D .. h·D + D - 1, columns c0 .. c0 + nc - 1, into shared memory
+  // behind the scores (row stride proj_cols), in flight while the kernel before this one finishes.
+  T* wslice = reinterpret_cast<T*>(reinterpret_cast<char*>(dynamic_smem) + scores_bytes(a.max_keys));
+  const int cols = a.proj_cols;
+  const int64_t c0 = kProject ? int64_t(blockIdx.z) * cols : 0;
+  const int nv = kProject ? int(min(int64_t(cols), a.proj_n - c0)) / V : 0;  // 16-byte vectors a row
+  if constexpr (kProject) {
+    const T* w = static_cast<const T*>(a.proj_wt) + int64_t(h) * D * a.proj_n + c0;
+    for (int i = tid; i < D * nv; i += kRowThreads) {
+      const int d = i / nv, cv = i - d * nv;
+      cp_async16(wslice + d * cols + cv * V, w + int64_t(d) * a.proj_n + cv * V);
+    }
+    cp_async_commit();
+  }
   pdl_wait();
   pdl_trigger();
 
-  if (fresh && fresh_pos >= k0 &&
-      fresh_pos < k1) {  // this split holds the new token: cache its key and value
+  // This split holds the new token: cache its key and value (with kProject, the first column slice's block).
+  if (fresh && fresh_pos >= k0 && fresh_pos < k1 && (!kProject || blockIdx.z == 0)) {
     const int64_t at = int64_t(fresh_pos) * a.kv_stride;
     for (int d = tid; d < D; d += kRowThreads) {
       kb[at + d] = fresh[a.fresh_k_offset + d];
@@ -290,8 +368,16 @@ __global__ void __launch_bounds__(kRowThreads) attention_rows_kernel(AttentionAr
     for (int gg = 0; gg < groups; ++gg) v += sum_parts[gg * D + d];
     if (part)
       part[2 + d] = v;
+    else if (kProject)  // rounded as the unfused path stores it
+      qs[d] = to_f32(from_f32<T>(v * inv));
     else
       out[d] = from_f32<T>(v * inv);
+  }
+  if constexpr (kProject) {
+    cp_async_wait<0>();
+    __syncthreads();  // the head's output and the weight slice are in shared memory
+    project<T>(a, qs, wslice, cols, nv, c0, t, h, sum_parts);
+    return;
   }
   if (!part || !a.split_counters) return;
   // The last split block to finish merges all of them (no merge kernel): publish this block's partial sums,
@@ -366,12 +452,71 @@ bool attention_can_fuse_store(const AttentionArgs& a) {
   return a.fresh && rows_kernel_fits(a);
 }
 
+namespace {
+
+constexpr int64_t kProjectColumns = 64;         // a slice's columns (before the caps below)
+constexpr size_t kMaxProjectSlice = 48 << 10;   // bytes of weights a block prefetches, at most
+constexpr size_t kMaxRowsSmem = 160 << 10;
+
+// Columns of each block's slice of the projection. Slices of ~64 columns measured best on an H100 for GPT-2
+// small and XL and T5-3B alike (4-5 blocks an SM for the large models: many short weight streams in flight;
+// bench/results/gpu_attention_projection_variants_h100_2026-11-26.txt); at least one block an SM, each slice
+// within kMaxProjectSlice, rounded to 16-byte vectors. KESTREL_ATTN_SLICES=n forces n slices (tuning).
+int project_columns(const AttentionArgs& a) {
+  const int64_t es = int64_t(dtype_size(a.dtype)), vec = 16 / es;
+  const int64_t row_bytes = int64_t(a.head_dim) * es;  // a column's bytes in the slice
+  int64_t slices = std::max({(a.proj_n + kProjectColumns - 1) / kProjectColumns,
+                             (int64_t(sm_count()) + a.heads - 1) / a.heads,
+                             (row_bytes * a.proj_n + int64_t(kMaxProjectSlice) - 1) / int64_t(kMaxProjectSlice)});
+  static const int forced = [] {
+    const char* v = std::getenv("KESTREL_ATTN_SLICES");
+    return v ? std::atoi(v) : 0;
+  }();
+  if (forced > 0) slices = forced;
+  slices = std::clamp<int64_t>(slices, 1, a.proj_n / vec);
+  const int64_t cols = ((a.proj_n + slices - 1) / slices + vec - 1) / vec * vec;
+  return int(cols);
+}
+
+size_t project_smem(const AttentionArgs& a, int cols) {
+  return scores_bytes(a.max_keys) + size_t(a.head_dim) * size_t(cols) * dtype_size(a.dtype);
+}
+
+}  // namespace
+
+bool attention_can_project(const AttentionArgs& a) {
+  const int64_t es = int64_t(dtype_size(a.dtype)), vec = 16 / es;
+  return a.proj_wt && a.proj_out && rows_kernel_fits(a) && a.T >= 1 && a.T <= kMaxProjectRows &&
+         a.splits == 1 && !a.q_base && a.proj_n > 0 && a.proj_n % vec == 0 && aligned16(a.proj_wt) &&
+         aligned16(a.proj_out) && (!a.proj_bias || aligned16(a.proj_bias)) &&
+         project_smem(a, project_columns(a)) <= kMaxRowsSmem;
+}
+
 void attention(const AttentionArgs& a, Stream stream) {
   if (a.T == 0) return;
   if (a.head_dim < 1 || a.head_dim > kMaxHeadDim)
     fail("attention: head_dim " + std::to_string(a.head_dim) + " is not supported by the CUDA backend (1.." +
          std::to_string(kMaxHeadDim) + "); use --device cpu");
   if (a.splits < 1 || (a.splits > 1 && !a.partials)) internal_error("attention: bad split configuration");
+  if (a.proj_wt) {
+    if (!attention_can_project(a)) internal_error("attention: the fused output projection cannot take this call");
+    AttentionArgs p = a;
+    p.proj_cols = project_columns(a);
+    const size_t smem = project_smem(a, p.proj_cols);
+    const dim3 grid(unsigned(a.T), unsigned(a.heads), unsigned((a.proj_n + p.proj_cols - 1) / p.proj_cols));
+    dispatch_dtype(a.dtype, [&](auto z) {
+      using T = decltype(z);
+      static const bool configured = [] {
+        cudaFuncSetAttribute(attention_rows_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(kMaxRowsSmem));
+        return true;
+      }();
+      (void)configured;
+      launch_pdl(attention_rows_kernel<T, true>, grid, dim3(kRowThreads), smem, stream, p);
+    });
+    check_launch("attention with output projection");
+    return;
+  }
   if (attention_tc(a, stream)) return;
   const dim3 grid(unsigned(a.T), unsigned(a.heads), unsigned(a.splits));
   dispatch_dtype(a.dtype, [&](auto z) {
@@ -381,16 +526,16 @@ void attention(const AttentionArgs& a, Stream stream) {
     if (rows_kernel) {
       const size_t smem = size_t((a.max_keys + a.splits - 1) / a.splits) * sizeof(float);
       static const bool configured = [] {
-        cudaFuncSetAttribute(attention_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             160 << 10);
+        cudaFuncSetAttribute(attention_rows_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(kMaxRowsSmem));
         return true;
       }();
       (void)configured;
-      if (smem > (size_t(160) << 10))
+      if (smem > kMaxRowsSmem)
         fail("attention: " + std::to_string(a.max_keys) +
              " keys per row exceed the CUDA backend's limit; "
              "lower --max-length");
-      launch_pdl(attention_rows_kernel<T>, grid, dim3(kRowThreads), smem, stream, a);
+      launch_pdl(attention_rows_kernel<T, false>, grid, dim3(kRowThreads), smem, stream, a);
     } else {
       const int dpl = (a.head_dim + 31) / 32;
       if (dpl <= 1)

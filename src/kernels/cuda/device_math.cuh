@@ -73,6 +73,33 @@ __device__ __forceinline__ float block_sum(float v, float* shared) {
   return total;
 }
 
+// Asynchronous 16-byte copies from global into shared memory (cp.async, bypassing L1): issue, commit the
+// group, and wait until at most N groups are still in flight.
+__device__ __forceinline__ void cp_async16(void* smem, const void* global) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(global) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// p[0..3] += v with one vector atomic where the GPU has it (sm_90), four scalar ones elsewhere; p 16-byte
+// aligned.
+__device__ __forceinline__ void atomic_add4(float* p, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(p), v);
+#else
+  atomicAdd(p, v.x);
+  atomicAdd(p + 1, v.y);
+  atomicAdd(p + 2, v.z);
+  atomicAdd(p + 3, v.w);
+#endif
+}
+
 __device__ __forceinline__ float activate(Act act, float x) {
   switch (act) {
     case Act::Identity:
@@ -119,6 +146,9 @@ void dispatch_dtype(DType t, F&& f) {
 inline bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
+
+// Streaming multiprocessors of the current device (read once per device 0..15).
+int sm_count();
 
 inline unsigned blocks_for(int64_t n, int threads) {
   return unsigned((n + threads - 1) / threads);

@@ -36,6 +36,17 @@ bool pdl_supported() {
   return major[device] >= 9;
 }
 
+int sm_count() {
+  static int count[16] = {};
+  int device = 0;
+  check(int(cudaGetDevice(&device)), "cudaGetDevice");
+  if (device < 0 || device >= 16) internal_error("CUDA device index out of range");
+  if (count[device] == 0)
+    check(int(cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device)),
+          "reading the SM count");
+  return count[device];
+}
+
 size_t element_size(DType t) {
   if (t != DType::F32 && t != DType::F16 && t != DType::BF16)
     internal_error("CUDA kernels support F32, F16 and BF16, not " + std::string(dtype_name(t)));

@@ -48,17 +48,6 @@ struct FfnParams {
   unsigned* counter;
 };
 
-__device__ __forceinline__ void add4(float* p, float4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float4*>(p), v);
-#else
-  atomicAdd(p, v.x);
-  atomicAdd(p + 1, v.y);
-  atomicAdd(p + 2, v.z);
-  atomicAdd(p + 3, v.w);
-#endif
-}
-
 // The staged input row's bytes, rounded up to 16 so the partial outputs after it stay float4-aligned.
 __host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes) {
   return (size_t(D) * weight_bytes + 15) / 16 * 16;
@@ -203,7 +192,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
       sum.z += v.z;
       sum.w += v.w;
     }
-    add4(p.acc + d, sum);
+    atomic_add4(p.acc + d, sum);
   }
 
   // The last block to finish adds the accumulator (and b2) to the residual row, then clears it. Every block
@@ -236,9 +225,8 @@ void launch(const FfnParams& p, cudaStream_t stream) {
     check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))), "ffn");
     configured = smem;
   }
-  int device = 0, sms = 0, per_sm = 0;
-  check(int(cudaGetDevice(&device)), "ffn");
-  check(int(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)), "ffn");
+  const int sms = sm_count();
+  int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "ffn");
   const int64_t units = kGated ? p.F : (p.F + 1) / 2;  // feature pairs (gated: features)
   const int64_t blocks =

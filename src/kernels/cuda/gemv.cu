@@ -275,9 +275,8 @@ void launch(const GemvParams& p, cudaStream_t stream) {
     return true;
   }();
   (void)configured;
-  int device = 0, sms = 0, per_sm = 0;
-  check(int(cudaGetDevice(&device)), "gemv");
-  check(int(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)), "gemv");
+  const int sms = sm_count();
+  int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "gemv");
   // At most kBlocksPerSm of ours per SM: the rest of each SM stays free for the next kernel's blocks, which
   // programmatic dependent launch starts early so their weight loads overlap this kernel.

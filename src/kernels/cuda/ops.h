@@ -193,11 +193,25 @@ struct AttentionArgs {
   const int32_t* q_count = nullptr;
   int rows = 0;
   int64_t max_queries = 0;
+  // Decode (one token a row, splits = 1): the attention output projection fused in. With proj_wt set the
+  // kernel writes no `out`: block (t, h, c) multiplies head h's output into columns [c·C, (c+1)·C) of rows
+  // h·head_dim .. (h+1)·head_dim - 1 of proj_wt ([heads·head_dim, proj_n] in the compute dtype: the
+  // projection uploaded transposed, so those rows are contiguous), and adds the products, plus proj_bias
+  // (fp32, by head 0's blocks), into the fp32 residual row proj_out + t·proj_n with atomics (in no fixed
+  // order). The column slices C are sized so every slice is prefetched into shared memory before pdl_wait().
+  const void* proj_wt = nullptr;
+  const float* proj_bias = nullptr;
+  float* proj_out = nullptr;
+  int64_t proj_n = 0;
+  int proj_cols = 0;  // columns of a slice (set by attention())
 };
 constexpr int kMaxHeadDim = 256;
 void attention(const AttentionArgs& a, Stream stream);
 // Whether attention() can take `a` with its `fresh` fields set (head rows 16-byte aligned).
 bool attention_can_fuse_store(const AttentionArgs& a);
+// Whether attention() can take `a` with its proj_* fields set (decode, 16-byte aligned heads and rows).
+constexpr int64_t kMaxProjectRows = 8;
+bool attention_can_project(const AttentionArgs& a);
 
 // The decode step of a batch of one token as a single persistent kernel (step_kernel.cu says how): the ops
 // below, in order, with a grid-wide barrier between them; the weights of every linear op are streamed

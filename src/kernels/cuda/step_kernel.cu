@@ -54,18 +54,6 @@ constexpr int kMaxStepSplits = 32;
 // Where the barrier counters live in the uploaded program block, and where the ops start.
 constexpr size_t kOpsOffset = 256;
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* global) {
-  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(global) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 template <typename T>
 __device__ __forceinline__ T load_cg(const T* p) {
   if constexpr (sizeof(T) == 4) {
@@ -675,9 +663,8 @@ void run_step_program(const void* program, size_t n_ops, Stream stream) {
     return true;
   }();
   (void)configured;
-  int device = 0, sms = 0, per_sm = 0;
-  check(int(cudaGetDevice(&device)), "step kernel");
-  check(int(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)), "step kernel");
+  const int sms = sm_count();
+  int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, step_kernel, kThreads, kSmemBytes)),
         "step kernel");
   if (per_sm < 1) internal_error("step kernel: a block does not fit on an SM");
