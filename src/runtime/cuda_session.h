@@ -13,7 +13,9 @@
 //  - A decode step (every row fed one token, last-position logits) is captured once per (batch, split) shape
 //    in a CUDA graph and replayed; per step the host uploads one small block of token metadata. Its kernels
 //    run under programmatic dependent launch (kernels/cuda/launch.cuh); the KV-cache store runs inside
-//    attention and, at batch 1, each norm inside the GEMV it feeds, so a GPT-2 layer is five kernels.
+//    attention, and so does the attention's output projection (up to kProjectMaxKeys keys, up to
+//    cuda::kMaxProjectRows rows); at batch 1 each norm runs inside the GEMV it feeds and large feed-forward
+//    blocks are one kernel, so a GPT-2 layer is three to four kernels.
 //  - Token choice stays on the GPU (chooses_tokens): greedy, and sampling with repetition penalty, minimum
 //    length, temperature, top-k and top-p (top-p when top-k leaves at most cuda::kMaxSorted candidates), by
 //    kernels/cuda/choose.cu; plain greedy is an argmax inside the decode step's graph. Per token the host
