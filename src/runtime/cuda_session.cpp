@@ -55,8 +55,8 @@ using cuda::check;
 constexpr size_t kAlign = 256;
 constexpr int kMaxSplits = 32;
 // Decode attention runs with its output projection fused in up to this many keys a row (see forward()).
-// Measured a gain at up to 128 keys on an H100 (64-token prompts, 64 new tokens); longer contexts keep the
-// split attention kernel.
+// On an H100 it took 3-8 % off decode steps at up to 128 keys and added 27-34 % at 449-512 keys, where the
+// split attention kernel and a separate projection stay (kernels/cuda/NOTES.md).
 constexpr int64_t kProjectMaxKeys = 256;
 // Rows of logits one forward may return (all_positions scoring of long batches needs more passes).
 constexpr int64_t kMaxOutputRows = 2048;
@@ -946,8 +946,12 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   pass.decode = one_token_each;
   // Attention with its output projection fused in attends over all keys in every column slice's block: only
   // for contexts short enough that those repeated reads (from L2) cost less than a second kernel.
-  pass.project_self = one_token_each && T <= cuda::kMaxProjectRows && max_self <= kProjectMaxKeys;
-  pass.project_cross = one_token_each && T <= cuda::kMaxProjectRows && max_cross <= kProjectMaxKeys;
+  static const int64_t project_max_keys = [] {  // KESTREL_ATTN_PROJECT_MAX_KEYS overrides (tuning)
+    const char* v = std::getenv("KESTREL_ATTN_PROJECT_MAX_KEYS");
+    return v && std::atoll(v) > 0 ? int64_t(std::atoll(v)) : kProjectMaxKeys;
+  }();
+  pass.project_self = one_token_each && T <= cuda::kMaxProjectRows && max_self <= project_max_keys;
+  pass.project_cross = one_token_each && T <= cuda::kMaxProjectRows && max_cross <= project_max_keys;
   pass.rows = B;
   for (const auto& r : tokens) pass.max_row_tokens = std::max(pass.max_row_tokens, int64_t(r.size()));
   const Buffer& out = buffers_[size_t(decoder_.back().out)];

@@ -2,7 +2,8 @@
 # Decode-step timings of Kestrel under environment variants, one model build each, on the GPU machine:
 #   tools/gpu/variants.sh BUILD_DIR OUT_DIR "small,xl" "A=1 B=2" "A=2" ...
 # Each variant is a space-separated list of VAR=VALUE (use "-" for none); DRIVER=PATH runs another build's
-# kestrel_gpu_driver (a compile-time variant) with this build's libraries. Prints and writes OUT_DIR/variants.txt.
+# kestrel_gpu_driver (a compile-time variant) with this build's libraries. PROMPT_TOKENS (default 64) and
+# MAX_LENGTH (default 256) set the prompt and the planned tokens a row. Prints and writes OUT_DIR/variants.txt.
 set -uo pipefail
 BUILD=$(realpath "${1:?build dir}"); OUT=$(realpath "${2:?out dir}"); SIZES=$3; shift 3
 source "$(dirname "$0")/common.sh"
@@ -15,7 +16,7 @@ for size in ${SIZES//,/ }; do
       [[ ${envs[$i]} == DRIVER=* ]] && { driver=${envs[$i]#DRIVER=}; unset "envs[$i]"; }
     done
     timeout 180 env "${envs[@]}" "$driver" --model "$TMP/$size" --device cuda --precision fp16 \
-      --prompts "$TMP/p.json" --new-tokens 64 --bench-runs 3 --bench-only --max-batch 1 --max-length 256 \
+      --prompts "$TMP/p.json" --new-tokens 64 --bench-runs 3 --bench-only --max-batch 1 --max-length "${MAX_LENGTH:-256}" \
       --out "$TMP/o" 2> "$TMP/err" || { echo "$size [$variant] failed: $(tail -2 "$TMP/err")"; continue; }
     $PY -c 'import json,statistics as s,sys; b=json.load(open(sys.argv[1]))["bench"]; print(f"{sys.argv[2]:8s} [{sys.argv[3]}] step {s.median(b["step_ms"]):.4f} ms  e2e {s.median(b["e2e_ms"]):.2f} ms  first {s.median(b["first_ms"]):.3f} ms")' \
       "$TMP/o.json" "$size" "$variant" | tee -a "$OUT/variants.txt"

@@ -14,6 +14,11 @@
 // and value into the cache; and in decode (AttentionArgs::cache_ready) the keys and values already cached are
 // loaded before pdl_wait(), overlapping the projection that precedes this kernel.
 //
+// With the output projection fused in (AttentionArgs::proj_wt; decode of short contexts), the same kernel runs
+// one block per (token, head, column slice of the projection): each attends over all of its row's keys, then
+// multiplies the head's output into its slice, which it prefetched into shared memory before pdl_wait(), and
+// adds the products into the residual stream (project()).
+//
 // Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key
 // with an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
 #include <algorithm>
