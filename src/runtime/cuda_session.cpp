@@ -69,6 +69,24 @@ bool env_flag(const char* name) {
   return v && *v && std::string(v) != "0";
 }
 
+// How many ops of the plan (encoder and decoder) use each weight.
+std::map<std::string, int> weight_use_counts(const Plan& plan) {
+  std::map<std::string, int> uses;
+  for (const auto* ops : {&plan.encoder, &plan.decoder})
+    for (const Op& op : *ops)
+      for (const auto& w : op.weights) ++uses[w];
+  return uses;
+}
+
+// A program's ops but its PositionBias ones (the attention kernels look the bias up themselves), as bind()
+// leaves them.
+std::vector<const Op*> without_position_bias(const std::vector<Op>& program) {
+  std::vector<const Op*> ops;
+  for (const Op& op : program)
+    if (op.kind != OpKind::PositionBias) ops.push_back(&op);
+  return ops;
+}
+
 // Whether ops[from..] read buffer `name` before something overwrites it.
 bool read_later_in(const std::vector<const Op*>& ops, size_t from, const std::string& name) {
   for (size_t k = from; k < ops.size(); ++k) {
@@ -301,12 +319,11 @@ void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const 
     return std::string(b);
   };
   std::set<std::string> attention_io;  // must stay in the compute dtype (the attention kernels' contract)
-  std::map<std::string, int> weight_uses;
+  const std::map<std::string, int> weight_uses = weight_use_counts(plan_);
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops) {
       if (op.kind == OpKind::Attention) attention_io.insert({op.inputs[0], op.output});
       if (op.kind == OpKind::StoreKV) attention_io.insert(op.inputs[0]);
-      for (const auto& w : op.weights) ++weight_uses[w];
     }
   bool to_bf16 = false;
   auto keep_fp32 = [&](const std::string& buffer, const std::string& why) {
@@ -333,7 +350,7 @@ void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const 
     std::map<std::string, float> last;  // range of each buffer's latest writer
     for (const Op& op : *ops) {
       if (op.kind == OpKind::Linear && last[op.inputs[0]] > limit) {
-        if (weight_uses[op.weights[0]] > 1) {
+        if (weight_uses.at(op.weights[0]) > 1) {
           precision_notes_.push_back("'" + op.weights[0] + "' reads |x| = " + number(last[op.inputs[0]]) +
                                      " but is shared with another op: left in fp16");
         } else {
@@ -364,14 +381,9 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
   const char* mode = std::getenv("KESTREL_FFN_KERNEL");
   const std::string ffn_mode = mode ? mode : "";
   if (ffn_mode == "0" || deterministic_ || env_flag("KESTREL_STEP_KERNEL")) return;
-  std::map<std::string, int> weight_uses;
-  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
-    for (const Op& op : *ops)
-      for (const auto& w : op.weights) ++weight_uses[w];
+  const std::map<std::string, int> weight_uses = weight_use_counts(plan_);
   for (const auto* program : {&plan_.encoder, &plan_.decoder}) {
-    std::vector<const Op*> ops;
-    for (const Op& op : *program)
-      if (op.kind != OpKind::PositionBias) ops.push_back(&op);
+    const std::vector<const Op*> ops = without_position_bias(*program);
     for (size_t i = 0; i + 2 < ops.size(); ++i) {
       const Op& norm = *ops[i];
       const Op& up = *ops[i + 1];
@@ -387,7 +399,7 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
       const int64_t D = plan_.buffers.at(x);
       const int64_t F = plan_.weight(up.weights[0]).shape[0] / (up.gated ? 2 : 1);
       const DType ht = dtype.at(up.output);
-      if (weight_uses[w_down] != 1 || weight_dtype_.at(w_down) != wt || dtype.at(x) != DType::F32 ||
+      if (weight_uses.at(w_down) != 1 || weight_dtype_.at(w_down) != wt || dtype.at(x) != DType::F32 ||
           (ht != DType::F32 && ht != wt) || plan_.weight(w_down).shape != Shape{D, F} ||
           !cuda::ffn_supported(D, F, wt))
         continue;
@@ -406,15 +418,10 @@ void CudaSession::plan_attention_projections(const std::map<std::string, DType>&
   // products with atomics) and the persistent step kernel.
   const char* mode = std::getenv("KESTREL_ATTN_PROJECT");
   if ((mode && std::string(mode) == "0") || deterministic_ || env_flag("KESTREL_STEP_KERNEL")) return;
-  std::map<std::string, int> weight_uses;
-  for (const auto* ops : {&plan_.encoder, &plan_.decoder})
-    for (const Op& op : *ops)
-      for (const auto& w : op.weights) ++weight_uses[w];
+  const std::map<std::string, int> weight_uses = weight_use_counts(plan_);
   const int64_t vec = 16 / int64_t(dtype_size(compute_));
   for (const auto* program : {&plan_.encoder, &plan_.decoder}) {
-    std::vector<const Op*> ops;
-    for (const Op& op : *program)
-      if (op.kind != OpKind::PositionBias) ops.push_back(&op);
+    const std::vector<const Op*> ops = without_position_bias(*program);
     for (size_t i = 0; i + 1 < ops.size(); ++i) {
       const Op& att = *ops[i];
       const Op& lin = *ops[i + 1];
@@ -423,7 +430,7 @@ void CudaSession::plan_attention_projections(const std::map<std::string, DType>&
         continue;
       const std::string& w = lin.weights[0];
       const int64_t N = plan_.buffers.at(lin.output), K = att.heads * att.head_dim;
-      if (weight_uses[w] != 1 || weight_dtype_.at(w) != compute_ || dtype.at(lin.output) != DType::F32 ||
+      if (weight_uses.at(w) != 1 || weight_dtype_.at(w) != compute_ || dtype.at(lin.output) != DType::F32 ||
           plan_.weight(w).shape != Shape{N, K} || N % vec != 0 || (att.head_dim * int64_t(dtype_size(compute_))) % 16 != 0)
         continue;
       in_out_weights_.insert(w);

@@ -1,4 +1,5 @@
 """The `kestrel` command's conventions: --help everywhere, exit codes 0 / 1, errors on stderr only."""
+import json
 import pathlib
 import sys
 
@@ -41,3 +42,13 @@ def test_user_errors_exit_1_with_one_line_on_stderr(kestrel_bin, args, message):
 def test_version(kestrel_bin):
     r = run_kestrel("--version")
     assert r.returncode == 0 and "kestrel" in r.stdout
+
+
+def test_deterministic_is_accepted_everywhere_and_changes_nothing_on_cpu(kestrel_bin):
+    """--deterministic (run_options): on cuda it keeps out the kernels that add partial sums in arbitrary order;
+    the CPU engine is deterministic already, so there it must give exactly the same tokens."""
+    args = ["generate", "kestrel-gpt2-kjv", "--prompt", "In the beginning", "--device", "cpu",
+            "--max-new-tokens", "6", "--json"]
+    plain = json.loads(run_kestrel(*args).stdout)
+    fixed = json.loads(run_kestrel(*args, "--deterministic").stdout)
+    assert fixed["ids"] == plain["ids"] and len(plain["ids"]) == 6
