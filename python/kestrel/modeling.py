@@ -56,11 +56,14 @@ def _kestrel_device(device):
     return device
 
 
-def from_pretrained(model, device=None, precision=None, cache=True, threads=0, max_length=0):
+def from_pretrained(model, device=None, precision=None, cache=True, threads=0, max_length=0,
+                    deterministic=False):
     """Loads MODEL (checkpoint folder, Hub id or engine file) into Kestrel.
 
     device: "cpu" or "cuda" (default: the engine's target, else cpu). precision: cuda only ("fp16", "bf16",
     "fp32"). cache: keep the engine built from a checkpoint in Kestrel's cache so the next load maps it at once.
+    deterministic: cuda only, identical results run to run (no kernels that add partial sums in arbitrary
+    order; a few percent slower on large models). The CPU engine always is.
     """
     path = _local_path(str(model))
     is_engine = path.is_file() and _is_engine_file(path)
@@ -71,7 +74,7 @@ def from_pretrained(model, device=None, precision=None, cache=True, threads=0, m
         engine_device = json.loads(_kestrel.engine_metadata(str(path)))["build"]["device"]
     target = _kestrel_device(device if device is not None else engine_device or "cpu")
     native = _kestrel.Model.load(str(path), device=target.type, precision=precision or "", cache=cache,
-                                 threads=threads, max_length=max_length)
+                                 threads=threads, max_length=max_length, deterministic=deterministic)
     config = AutoConfig.from_pretrained(folder)
     if (folder / "generation_config.json").exists():
         generation_config = GenerationConfig.from_pretrained(folder)

@@ -124,7 +124,7 @@ PYBIND11_MODULE(_kestrel, m) {
       .def_static(
           "load",
           [](const std::filesystem::path& path, const std::string& device, const std::string& precision,
-             bool cache, int threads, int64_t max_length) {
+             bool cache, int threads, int64_t max_length, bool deterministic) {
             auto pm = std::make_shared<PyModel>();
             ModelLoadOptions lo;
             lo.build.device = device;
@@ -141,10 +141,11 @@ PYBIND11_MODULE(_kestrel, m) {
                 precision.empty() ? (target ? target->precision : "fp16") : precision;
             pm->session_options.max_length = max_length > 0 ? max_length : (target ? target->max_length : 0);
             if (target) pm->session_options.max_batch = target->max_batch;
+            pm->session_options.deterministic = deterministic;
             return pm;
           },
           py::arg("path"), py::arg("device") = "cpu", py::arg("precision") = "", py::arg("cache") = true,
-          py::arg("threads") = 0, py::arg("max_length") = 0)
+          py::arg("threads") = 0, py::arg("max_length") = 0, py::arg("deterministic") = false)
       .def_property_readonly("model_type", [](const PyModel& m) { return m.model->config().model_type; })
       .def_property_readonly("is_encoder_decoder",
                              [](const PyModel& m) { return m.model->is_encoder_decoder(); })

@@ -412,8 +412,8 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
 }
 
 void CudaSession::plan_attention_projections(const std::map<std::string, DType>& dtype) {
-  // An attention op whose output only feeds the next op, a linear adding into the fp32 residual stream: decode
-  // steps run the two as one kernel (attention() with proj_wt), the projection uploaded transposed.
+  // An attention op whose output only feeds the next op, a linear adding into the fp32 residual stream:
+  // decode steps run the two as one kernel (attention() with proj_wt), the projection uploaded transposed.
   // KESTREL_ATTN_PROJECT=0 keeps them apart (comparisons); so do --deterministic (the kernel adds the heads'
   // products with atomics) and the persistent step kernel.
   const char* mode = std::getenv("KESTREL_ATTN_PROJECT");
@@ -426,12 +426,14 @@ void CudaSession::plan_attention_projections(const std::map<std::string, DType>&
       const Op& att = *ops[i];
       const Op& lin = *ops[i + 1];
       if (att.kind != OpKind::Attention || lin.kind != OpKind::Linear || lin.inputs[0] != att.output ||
-          !lin.residual || lin.gated || lin.act != Activation::Linear || read_later_in(ops, i + 2, att.output))
+          !lin.residual || lin.gated || lin.act != Activation::Linear ||
+          read_later_in(ops, i + 2, att.output))
         continue;
       const std::string& w = lin.weights[0];
       const int64_t N = plan_.buffers.at(lin.output), K = att.heads * att.head_dim;
       if (weight_uses.at(w) != 1 || weight_dtype_.at(w) != compute_ || dtype.at(lin.output) != DType::F32 ||
-          plan_.weight(w).shape != Shape{N, K} || N % vec != 0 || (att.head_dim * int64_t(dtype_size(compute_))) % 16 != 0)
+          plan_.weight(w).shape != Shape{N, K} || N % vec != 0 ||
+          (att.head_dim * int64_t(dtype_size(compute_))) % 16 != 0)
         continue;
       in_out_weights_.insert(w);
     }

@@ -42,6 +42,8 @@ def test_package_engine_logits_are_bit_identical(arch, kestrel, gpt2_checkpoint,
     a = from_folder(ids, **kwargs).logits
     b = from_engine(ids, **kwargs).logits
     assert torch.equal(a, b)
+    # deterministic= (cuda: no arbitrary-order partial sums) is accepted on the CPU, which always is.
+    assert torch.equal(kestrel.from_pretrained(folder, cache=False, deterministic=True)(ids, **kwargs).logits, a)
     assert torch.equal(from_folder.generate(ids, max_new_tokens=8, num_beams=2),
                        from_engine.generate(ids, max_new_tokens=8, num_beams=2))
 

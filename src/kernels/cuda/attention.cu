@@ -14,10 +14,10 @@
 // and value into the cache; and in decode (AttentionArgs::cache_ready) the keys and values already cached are
 // loaded before pdl_wait(), overlapping the projection that precedes this kernel.
 //
-// With the output projection fused in (AttentionArgs::proj_wt; decode of short contexts), the same kernel runs
-// one block per (token, head, column slice of the projection): each attends over all of its row's keys, then
-// multiplies the head's output into its slice, which it prefetched into shared memory before pdl_wait(), and
-// adds the products into the residual stream (project()).
+// With the output projection fused in (AttentionArgs::proj_wt; decode of short contexts), the same kernel
+// runs one block per (token, head, column slice of the projection): each attends over all of its row's keys,
+// then multiplies the head's output into its slice, which it prefetched into shared memory before pdl_wait(),
+// and adds the products into the residual stream (project()).
 //
 // Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key
 // with an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
@@ -203,7 +203,8 @@ __device__ __forceinline__ void project(const AttentionArgs& a, const float* o, 
       const int64_t n = int64_t(base) * V + i * 4;
       float4 sum = h == 0 && a.proj_bias ? *reinterpret_cast<const float4*>(a.proj_bias + c0 + n)
                                          : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      for (int gg = 0; gg < groups; ++gg) add_to(sum, *reinterpret_cast<const float4*>(parts + gg * width * V + i * 4));
+      for (int gg = 0; gg < groups; ++gg)
+        add_to(sum, *reinterpret_cast<const float4*>(parts + gg * width * V + i * 4));
       atomic_add4(out + n, sum);
     }
   }
@@ -212,14 +213,16 @@ __device__ __forceinline__ void project(const AttentionArgs& a, const float* o, 
 #ifndef KESTREL_ATTN_PROJECT_MIN_BLOCKS
 #define KESTREL_ATTN_PROJECT_MIN_BLOCKS 7
 #endif
-// The projecting kernel is held to 72 registers a thread (7 blocks an SM) so that a block fits on an SM beside
-// three blocks of the QKV GEMV before it and starts its weight prefetch under programmatic dependent launch.
+// The projecting kernel is held to 72 registers a thread (7 blocks an SM) so that a block fits on an SM
+// beside three blocks of the QKV GEMV before it and starts its weight prefetch under programmatic dependent
+// launch.
 constexpr int kProjectMinBlocks = KESTREL_ATTN_PROJECT_MIN_BLOCKS;
 
 // With kProject (AttentionArgs::proj_wt), blockIdx.z is the column slice of the output projection rather
 // than a key split: each block attends over all of its row's keys, then projects.
 template <typename T, bool kProject>
-__global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1) attention_rows_kernel(AttentionArgs a) {
+__global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
+    attention_rows_kernel(AttentionArgs a) {
   extern __shared__ float4 dynamic_smem[];
   float* scores = reinterpret_cast<float*>(dynamic_smem);  // [keys of this split]
   __shared__ float qs[kMaxHeadDim];  // the scaled query; with kProject, later the head's output
@@ -459,8 +462,8 @@ bool attention_can_fuse_store(const AttentionArgs& a) {
 
 namespace {
 
-constexpr int64_t kProjectColumns = 64;         // a slice's columns (before the caps below)
-constexpr size_t kMaxProjectSlice = 48 << 10;   // bytes of weights a block prefetches, at most
+constexpr int64_t kProjectColumns = 64;        // a slice's columns (before the caps below)
+constexpr size_t kMaxProjectSlice = 48 << 10;  // bytes of weights a block prefetches, at most
 constexpr size_t kMaxRowsSmem = 160 << 10;
 
 // Columns of each block's slice of the projection. Slices of ~64 columns measured best on an H100 for GPT-2
@@ -470,9 +473,9 @@ constexpr size_t kMaxRowsSmem = 160 << 10;
 int project_columns(const AttentionArgs& a) {
   const int64_t es = int64_t(dtype_size(a.dtype)), vec = 16 / es;
   const int64_t row_bytes = int64_t(a.head_dim) * es;  // a column's bytes in the slice
-  int64_t slices = std::max({(a.proj_n + kProjectColumns - 1) / kProjectColumns,
-                             (int64_t(sm_count()) + a.heads - 1) / a.heads,
-                             (row_bytes * a.proj_n + int64_t(kMaxProjectSlice) - 1) / int64_t(kMaxProjectSlice)});
+  int64_t slices = std::max(
+      {(a.proj_n + kProjectColumns - 1) / kProjectColumns, (int64_t(sm_count()) + a.heads - 1) / a.heads,
+       (row_bytes * a.proj_n + int64_t(kMaxProjectSlice) - 1) / int64_t(kMaxProjectSlice)});
   static const int forced = [] {
     const char* v = std::getenv("KESTREL_ATTN_SLICES");
     return v ? std::atoi(v) : 0;
@@ -504,7 +507,8 @@ void attention(const AttentionArgs& a, Stream stream) {
          std::to_string(kMaxHeadDim) + "); use --device cpu");
   if (a.splits < 1 || (a.splits > 1 && !a.partials)) internal_error("attention: bad split configuration");
   if (a.proj_wt) {
-    if (!attention_can_project(a)) internal_error("attention: the fused output projection cannot take this call");
+    if (!attention_can_project(a))
+      internal_error("attention: the fused output projection cannot take this call");
     AttentionArgs p = a;
     p.proj_cols = project_columns(a);
     const size_t smem = project_smem(a, p.proj_cols);
