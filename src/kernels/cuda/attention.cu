@@ -22,7 +22,6 @@
 // Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key
 // with an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
 #include <algorithm>
-#include <cstdlib>
 
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/device_math.cuh"
@@ -476,10 +475,7 @@ int project_columns(const AttentionArgs& a) {
   int64_t slices = std::max(
       {(a.proj_n + kProjectColumns - 1) / kProjectColumns, (int64_t(sm_count()) + a.heads - 1) / a.heads,
        (row_bytes * a.proj_n + int64_t(kMaxProjectSlice) - 1) / int64_t(kMaxProjectSlice)});
-  static const int forced = [] {
-    const char* v = std::getenv("KESTREL_ATTN_SLICES");
-    return v ? std::atoi(v) : 0;
-  }();
+  static const int64_t forced = env_int("KESTREL_ATTN_SLICES");
   if (forced > 0) slices = forced;
   slices = std::clamp<int64_t>(slices, 1, a.proj_n / vec);
   const int64_t cols = ((a.proj_n + slices - 1) / slices + vec - 1) / vec * vec;

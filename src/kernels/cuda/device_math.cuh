@@ -150,6 +150,10 @@ inline bool aligned16(const void* p) {
 // Streaming multiprocessors of the current device (read once per device 0..15).
 int sm_count();
 
+// The integer value of environment variable `name` (the kernels' tuning and debugging knobs); 0 when it is
+// unset or not a number.
+int64_t env_int(const char* name);
+
 inline unsigned blocks_for(int64_t n, int threads) {
   return unsigned((n + threads - 1) / threads);
 }

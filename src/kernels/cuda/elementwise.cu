@@ -47,6 +47,11 @@ int sm_count() {
   return count[device];
 }
 
+int64_t env_int(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? int64_t(std::atoll(v)) : 0;
+}
+
 size_t element_size(DType t) {
   if (t != DType::F32 && t != DType::F16 && t != DType::BF16)
     internal_error("CUDA kernels support F32, F16 and BF16, not " + std::string(dtype_name(t)));

@@ -15,7 +15,6 @@
 // therefore varies from run to run, in the last bits of fp32 only. The session uses it for blocks of at least
 // 8 MiB of weights (runtime/cuda_session.cpp, plan_ffn_blocks; measurements in NOTES.md).
 #include <algorithm>
-#include <cstdlib>
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -230,10 +229,8 @@ void launch(const FfnParams& p, cudaStream_t stream) {
   int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "ffn");
   const int64_t units = kGated ? p.F : (p.F + 1) / 2;  // feature pairs (gated: features)
-  static const int64_t forced = [] {  // KESTREL_FFN_BLOCKS=n: a grid of n blocks (tuning experiments)
-    const char* v = std::getenv("KESTREL_FFN_BLOCKS");
-    return v ? int64_t(std::atoll(v)) : int64_t(0);
-  }();
+  // KESTREL_FFN_BLOCKS=n: a grid of n blocks (tuning experiments)
+  static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
   const int64_t blocks = std::clamp<int64_t>(forced > 0 ? forced : (units + kWarps - 1) / kWarps, 1,
                                              int64_t(std::max(per_sm, 1)) * sms);
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);

@@ -79,9 +79,9 @@ struct GemmContext::Impl {
   void* workspace = nullptr;
   void* tuning_output = nullptr;  // where candidate algorithms write while they are timed
   // (rows rounded up to a power of two, N, K, wt, yt, epilogue, beta != 0, W stored [K, N]) -> the algorithm
-  // timed fastest for
-  // the first GEMM of that class. Prompts of any length thus pay the timing once per power of two, not per
-  // length; an algorithm that cuBLASLt rejects for an exact shape gets the heuristic's pick for that shape.
+  // timed fastest for the first GEMM of that class. Prompts of any length thus pay the timing once per power
+  // of two, not per length; an algorithm that cuBLASLt rejects for an exact shape gets the heuristic's pick for
+  // that shape.
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, bool, bool>;
   std::map<Key, cublasLtMatmulAlgo_t> algos;
 

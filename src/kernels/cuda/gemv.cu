@@ -281,8 +281,8 @@ void launch(const GemvParams& p, cudaStream_t stream) {
   // At most kBlocksPerSm of ours per SM: the rest of each SM stays free for the next kernel's blocks, which
   // programmatic dependent launch starts early so their weight loads overlap this kernel.
   static const int cap = [] {  // KESTREL_GEMV_BLOCKS_PER_SM overrides kBlocksPerSm (tuning experiments)
-    const char* v = std::getenv("KESTREL_GEMV_BLOCKS_PER_SM");
-    return v && std::atoi(v) > 0 ? std::atoi(v) : kBlocksPerSm;
+    const int64_t n = env_int("KESTREL_GEMV_BLOCKS_PER_SM");
+    return n > 0 ? int(n) : kBlocksPerSm;
   }();
   const int64_t resident_warps = int64_t(std::clamp(per_sm, 1, cap)) * sms * kWarps;
   // Fewer feature pairs than half the warps, and rows long enough for every warp of a block: split the rows.

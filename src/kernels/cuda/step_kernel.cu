@@ -21,7 +21,6 @@
 // Activations written inside the kernel are read with ld.global.cg (L2): another SM may have rewritten a row
 // this SM's L1 still holds from an earlier phase.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -648,8 +647,7 @@ void upload_step_program(const std::vector<StepOp>& ops, void* program, Stream s
   // KESTREL_STEP_DEBUG (bits: 1 no barriers, 2 no attention, 4 no linear arithmetic, 8 no input staging, 16
   // no output stores) leaves parts of the step
   // out, for finding where its time goes; results are then wrong.
-  const char* debug = std::getenv("KESTREL_STEP_DEBUG");
-  const unsigned flags = debug ? unsigned(std::atoi(debug)) : 0u;
+  const unsigned flags = unsigned(env_int("KESTREL_STEP_DEBUG"));
   std::memcpy(host.data() + 2 * sizeof(unsigned), &flags, sizeof flags);
   std::memcpy(host.data() + kOpsOffset, ops.data(), ops.size() * sizeof(StepOp));
   check(int(cudaMemcpyAsync(program, host.data(), host.size(), cudaMemcpyHostToDevice, stream)),
