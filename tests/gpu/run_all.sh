@@ -37,12 +37,14 @@ g.write_rows(d / "p.json", [[5, 6, 7, 8], [9, 10]]); g.write_rows(d / "s.json", 
 PYEOF
 for m in gpt2 t5; do
   for p in fp16 fp32; do
-    # fp16 with the one-kernel feed-forward block forced (these models are below its size threshold).
+    # fp16 with the one-kernel feed-forward block forced (these models are below its size threshold; its
+    # bulk-copy form on sm_90), fp32 with the opt-in bulk-copy GEMV.
     ffn=$([ $p = fp16 ] && echo 1 || echo auto)
-    KESTREL_FFN_KERNEL=$ffn timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" \
+    gemv_bulk=$([ $p = fp32 ] && echo 1 || echo 0)
+    KESTREL_FFN_KERNEL=$ffn KESTREL_FFN_BULK=$ffn KESTREL_GEMV_BULK=$gemv_bulk timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" \
       --model "$MC/$m" --device cuda --precision $p --prompts "$MC/p.json" --score "$MC/s.json" --new-tokens 4 \
       --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
-    rc=$?; echo "memcheck $m $p ffn=$ffn rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
+    rc=$?; echo "memcheck $m $p ffn=$ffn gemv_bulk=$gemv_bulk rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
   done
   # Token choice on the GPU (kernels/cuda/choose.cu): sampling with every processor and several sequences a
   # prompt, then beam candidates.

@@ -187,12 +187,25 @@ def decodes_agree(models, tmp_path, arch, precision, n, test, variant_env, basel
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall"])
-def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision):
+@pytest.mark.parametrize("variant", ["bulk", "registers"])
+def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision, variant):
     """The one-kernel feed-forward block of one-row forwards (kernels/cuda/ffn.cu; by default only for large
-    blocks, forced here) against the norm+GEMV, GEMV pair it replaces (KESTREL_FFN_KERNEL=0), and in fp32
+    blocks, forced here), in its bulk-copy form (the default on sm_90) and its register form
+    (KESTREL_FFN_BULK=0), against the norm+GEMV, GEMV pair it replaces (KESTREL_FFN_KERNEL=0), and in fp32
     against transformers' greedy."""
-    decodes_agree(models, tmp_path, arch, precision, 32, "ffn_kernel", {"KESTREL_FFN_KERNEL": "1"},
-                  {"KESTREL_FFN_KERNEL": "0"})
+    bulk = "1" if variant == "bulk" else "0"
+    decodes_agree(models, tmp_path, arch, precision, 32, f"ffn_kernel_{variant}",
+                  {"KESTREL_FFN_KERNEL": "1", "KESTREL_FFN_BULK": bulk}, {"KESTREL_FFN_KERNEL": "0"})
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated"])
+def test_bulk_gemv_matches_register_gemv(models, tmp_path, arch, precision):
+    """The bulk-copy GEMV of one-row linears (kernels/cuda/gemv_bulk.cu, opt-in with KESTREL_GEMV_BULK=1: QKV,
+    cross-attention query, LM head with the final norm and the gather) against gemv.cu's, and in fp32 against
+    transformers' greedy."""
+    decodes_agree(models, tmp_path, arch, precision, 32, "gemv_bulk", {"KESTREL_GEMV_BULK": "1"},
+                  {"KESTREL_GEMV_BULK": "0"})
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])

@@ -21,30 +21,43 @@ void check_launch(const char* kernel) {
   check(int(cudaGetLastError()), kernel);
 }
 
-bool pdl_supported() {
-  // KESTREL_NO_PDL=1 turns it off (to measure what it buys, or to rule it out).
-  static const bool disabled = [] {
-    const char* v = std::getenv("KESTREL_NO_PDL");
-    return v && *v && std::string(v) != "0";
-  }();
+bool hopper_or_later() {
   static int major[16] = {};
   int device = 0;
-  if (disabled || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 16) return false;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 16) return false;
   if (major[device] == 0 &&
       cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
     return false;
   return major[device] >= 9;
 }
 
-int sm_count() {
-  static int count[16] = {};
+bool pdl_supported() {
+  // KESTREL_NO_PDL=1 turns it off (to measure what it buys, or to rule it out).
+  static const bool disabled = [] {
+    const char* v = std::getenv("KESTREL_NO_PDL");
+    return v && *v && std::string(v) != "0";
+  }();
+  return !disabled && hopper_or_later();
+}
+
+// A device attribute of the current device, read once per device 0..15.
+static int device_attribute(cudaDeviceAttr attribute, int (&cache)[16], const char* what) {
   int device = 0;
   check(int(cudaGetDevice(&device)), "cudaGetDevice");
   if (device < 0 || device >= 16) internal_error("CUDA device index out of range");
-  if (count[device] == 0)
-    check(int(cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device)),
-          "reading the SM count");
-  return count[device];
+  if (cache[device] == 0) check(int(cudaDeviceGetAttribute(&cache[device], attribute, device)), what);
+  return cache[device];
+}
+
+int sm_count() {
+  static int count[16] = {};
+  return device_attribute(cudaDevAttrMultiProcessorCount, count, "reading the SM count");
+}
+
+size_t max_shared_bytes() {
+  static int bytes[16] = {};
+  return size_t(
+      device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, bytes, "reading the shared memory size"));
 }
 
 int64_t env_int(const char* name) {

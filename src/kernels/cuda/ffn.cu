@@ -15,8 +15,11 @@
 // therefore varies from run to run, in the last bits of fp32 only. The session uses it for blocks of at least
 // 8 MiB of weights (runtime/cuda_session.cpp, plan_ffn_blocks; measurements in NOTES.md).
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/gemv_bulk.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/row_input.cuh"
 
@@ -51,6 +54,25 @@ struct FfnParams {
 // The staged input row's bytes, rounded up to 16 so the partial outputs after it stay float4-aligned.
 __host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes) {
   return (size_t(D) * weight_bytes + 15) / 16 * 16;
+}
+
+// After every block has added its partial outputs to p.acc: the last block to finish (a counter) adds the
+// accumulator (and b2) to the residual row, then clears both for the next call. Every block read x while
+// staging, before it counted itself in, so nothing reads x after this write. All threads of the block call
+// it.
+__device__ void finish_rows(const FfnParams& p) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(p.counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int64_t d = threadIdx.x; d < p.D; d += blockDim.x) {
+    p.x[d] += __ldcg(p.acc + d) + (p.b2 ? p.b2[d] : 0.0f);
+    p.acc[d] = 0.0f;
+  }
+  if (threadIdx.x == 0) *p.counter = 0;
 }
 
 // Warp w of the grid owns hidden features w, w + S, w + 2S, ... (S = warps in the grid), two at a time
@@ -195,20 +217,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
     atomic_add4(p.acc + d, sum);
   }
 
-  // The last block to finish adds the accumulator (and b2) to the residual row, then clears it. Every block
-  // read x while staging, before it counted itself in, so nothing reads x after this write.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(p.counter, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
-    p.x[d] += __ldcg(p.acc + d) + (p.b2 ? p.b2[d] : 0.0f);
-    p.acc[d] = 0.0f;
-  }
-  if (threadIdx.x == 0) *p.counter = 0;
+  finish_rows(p);
 }
 
 // Shared memory: the staged input row, then kWarps rows of fp32 partial outputs.
@@ -235,6 +244,194 @@ void launch(const FfnParams& p, cudaStream_t stream) {
                                              int64_t(std::max(per_sm, 1)) * sms);
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
 }
+
+// The bulk-copy variant (sm_90; src/kernels/cuda/NOTES.md has its measurements). Block b (one an SM) owns a
+// contiguous range of hidden features, so its W1 rows and its W2t rows are two contiguous ranges of memory;
+// one producer thread copies them group by group (W features: an "up" stage of their W1 rows, gated also of
+// their W1 rows F further on, then a "down" stage of their W2t rows) with bulk copies into a ring of
+// shared-memory stages, the whole ring requested before pdl_wait(). So what a block has in flight is bounded
+// by shared memory (kBulkRingBytes) instead of registers, and the weight stream runs on through the up/down
+// boundaries. 16 consumer warps (kBulkConsumerWarps): in an up stage each warp dots one row pair with the
+// staged input and writes h; in a down stage each thread adds h · W2t into the output vectors it owns (fp32
+// in shared memory, no atomics), which at the end go to p.acc with vector atomics like the kernel above.
+namespace bulk {
+
+constexpr int kConsumerWarps = kBulkConsumerWarps;
+constexpr int kThreads = (kConsumerWarps + 1) * 32;  // and one more warp, whose first lane produces
+constexpr int kMaxStages = 8;
+constexpr size_t kBarrierBytes = 2 * kMaxStages * sizeof(uint64_t);
+
+struct Params {
+  FfnParams f;
+  int group, stages;                                  // R (= kConsumerWarps) features a group, S ring slots
+  unsigned stage_bytes, x_at, out_at, h_at, ring_at;  // shared-memory offsets
+};
+
+struct Layout {
+  int group, stages;
+  size_t stage_bytes, x_at, out_at, h_at, ring_at, total;
+};
+
+Layout layout(int64_t D, size_t weight_bytes, bool gated) {
+  const size_t ring = bulk_ring_bytes();
+  const size_t row_bytes = size_t(D) * weight_bytes, unit = (gated ? 2 : 1) * row_bytes;
+  Layout l{};
+  l.group = kConsumerWarps;
+  l.stage_bytes = size_t(l.group) * unit;
+  l.stages = int(std::clamp<size_t>(ring / l.stage_bytes, 2, kMaxStages));
+  l.x_at = kBarrierBytes;
+  l.out_at = l.x_at + stage_bytes(D, weight_bytes);
+  l.h_at = l.out_at + size_t(D) * 4;
+  l.ring_at = l.h_at + 2 * kConsumerWarps * 4;
+  l.total = l.ring_at + size_t(l.stages) * l.stage_bytes;
+  return l;
+}
+
+template <typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
+  const FfnParams& p = bp.f;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* xs = reinterpret_cast<T*>(smem + bp.x_at);
+  float* out = reinterpret_cast<float*>(smem + bp.out_at);  // the block's partial outputs [D]
+  float* hs = reinterpret_cast<float*>(smem + bp.h_at);     // h of a group, two alternating
+  unsigned char* slots = smem + bp.ring_at;
+  constexpr int V = kVec<T>;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t D = p.D, F = p.F, nvec = D / V;
+  const int R = bp.group, S = bp.stages;
+  const BulkRing ring{reinterpret_cast<uint64_t*>(smem), reinterpret_cast<uint64_t*>(smem) + kMaxStages, S,
+                      kConsumerWarps};
+  const int64_t row_bytes = D * int64_t(sizeof(T));
+  const int64_t f_begin = F * blockIdx.x / gridDim.x, f_end = F * (blockIdx.x + 1) / gridDim.x;
+  const int groups = int((f_end - f_begin + R - 1) / R), stages = 2 * groups;
+  const char* W1 = static_cast<const char*>(p.W1);
+  const char* W2 = static_cast<const char*>(p.W2t);
+  auto rows_of = [&](int g) { return int(std::min<int64_t>(R, f_end - f_begin - int64_t(g) * R)); };
+  // Stage i: group i / 2, up (even) or down (odd).
+  auto fill = [&](int i, uint64_t* bar) {
+    unsigned char* dst = slots + size_t(i % S) * bp.stage_bytes;
+    const int64_t f = f_begin + int64_t(i / 2) * R;
+    const unsigned bytes = unsigned(rows_of(i / 2) * row_bytes);
+    if (i % 2 == 0) {
+      mbar_arrive_expect(bar, kGated ? 2 * bytes : bytes);
+      bulk_copy(dst, W1 + f * row_bytes, bytes, bar);
+      if (kGated) bulk_copy(dst + R * row_bytes, W1 + (F + f) * row_bytes, bytes, bar);
+    } else {
+      mbar_arrive_expect(bar, bytes);
+      bulk_copy(dst, W2 + f * row_bytes, bytes, bar);
+    }
+  };
+  const bool producer = warp == kConsumerWarps && lane == 0;
+  if (producer) ring.start(stages, fill);  // the weights' first stages before the previous kernel ends
+  pdl_wait();
+  pdl_trigger();
+  stage_rows<T, float, 1, kThreads, 16>(p.in, xs);  // ends with __syncthreads(): barriers visible too
+
+  if (warp == kConsumerWarps) {
+    if (producer)
+      for (int i = S; i < stages; ++i) ring.produce(i, fill);
+  } else {
+    const int t = threadIdx.x;
+    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
+#pragma unroll
+      for (int e = 0; e < V; ++e) out[v * V + e] = 0.0f;
+    const uint4* xv = reinterpret_cast<const uint4*>(xs);
+    const T* bias_t = static_cast<const T*>(p.b1);
+    const float* bias_f = static_cast<const float*>(p.b1);
+    auto dot = [&](const uint4* w) { return warp_sum(dot_row<T>(w, xv, nvec)); };
+    auto stage_at = [&](int i) {
+      ring.wait(i);
+      return reinterpret_cast<const uint4*>(slots + size_t(i % S) * bp.stage_bytes);
+    };
+    for (int g = 0; g < groups; ++g) {
+      const int64_t f0 = f_begin + int64_t(g) * R;
+      const int rows = rows_of(g);
+      float* h = hs + (g & 1) * kConsumerWarps;
+      const uint4* up = stage_at(2 * g);
+      for (int j = warp; j < rows; j += kConsumerWarps) {
+        const float d0 = dot(up + j * nvec);
+        float hj;
+        if (kGated) {
+          hj = activate(p.act, d0) * dot(up + (R + j) * nvec);
+        } else {
+          const int64_t f = f0 + j;
+          hj = activate(p.act, d0 + (!p.b1 ? 0.0f : p.h_f32 ? bias_f[f] : to_f32(bias_t[f])));
+        }
+        if (!p.h_f32) hj = to_f32(from_f32<T>(hj));
+        if (lane == 0) h[j] = hj;
+      }
+      ring.release(2 * g);
+      // h of group g complete (and h of g - 1, whose buffer the next group reuses, read: every warp is past
+      // it)
+      bar_sync(1, kConsumerWarps * 32);
+      const uint4* down = stage_at(2 * g + 1);
+      for (int64_t v = t; v < nvec; v += kConsumerWarps * 32) {
+        float acc[V];
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[e] = out[v * V + e];
+        for (int j = 0; j < rows; ++j) {
+          float w[V];
+          widen<T>(down[j * nvec + v], w);
+          const float hj = h[j];
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[e] += hj * w[e];
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e) out[v * V + e] = acc[e];
+      }
+      ring.release(2 * g + 1);
+    }
+    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
+#pragma unroll
+      for (int e = 0; e < V; e += 4)
+        atomic_add4(p.acc + v * V + e, *reinterpret_cast<const float4*>(out + v * V + e));
+  }
+  finish_rows(p);
+}
+
+// Blocks of at least this many bytes of weights take the bulk form. Decode step, H100, against the register
+// form (bench/results/gpu_bulk_variants_h100_2026-11-26.txt): GPT-2 XL (41 MB a block) 2.19 vs 2.31 ms, T5-3B
+// (67 MB) 1.715 vs 1.713 ms, GPT-2 small (9.4 MB: 23 features a block, two groups, so the ring never fills)
+// 0.374 vs 0.317 ms. Medium and large (17 and 26 MB) were not measured and keep the register form.
+constexpr size_t kMinBytes = size_t(32) << 20;
+
+// On sm_90, for blocks of kMinBytes or more (KESTREL_FFN_BULK=1: any size, 0: never), where two stages fit
+// the GPU's shared memory.
+bool usable(int64_t D, int64_t F, size_t weight_bytes, bool gated) {
+  static const std::string mode = [] {
+    const char* v = std::getenv("KESTREL_FFN_BULK");
+    return std::string(v ? v : "");
+  }();
+  if (mode == "0" || !hopper_or_later()) return false;
+  const size_t bytes = size_t(D) * size_t(F) * (gated ? 3 : 2) * weight_bytes;
+  if (mode != "1" && bytes < kMinBytes) return false;
+  return layout(D, weight_bytes, gated).total <= max_shared_bytes();
+}
+
+template <typename T, bool kGated>
+void launch(const FfnParams& p, cudaStream_t stream) {
+  auto* kernel = ffn_bulk_kernel<T, kGated>;
+  const Layout l = layout(p.D, sizeof(T), kGated);
+  static size_t configured = 0;  // the dynamic shared memory the kernel is allowed so far
+  if (l.total > configured) {
+    check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.total))),
+          "ffn_bulk");
+    configured = l.total;
+  }
+  static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
+  const int64_t blocks = std::clamp<int64_t>(forced > 0 ? forced : sm_count(), 1, p.F);
+  Params bp{p,
+            l.group,
+            l.stages,
+            unsigned(l.stage_bytes),
+            unsigned(l.x_at),
+            unsigned(l.out_at),
+            unsigned(l.h_at),
+            unsigned(l.ring_at)};
+  launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), l.total, stream, bp);
+}
+
+}  // namespace bulk
 
 }  // namespace
 
@@ -266,7 +463,10 @@ void ffn(const FfnArgs& a, Stream stream) {
               a.counter};
   dispatch_dtype(a.wt, [&](auto w) {
     using T = decltype(w);
-    a.gated ? launch<T, true>(p, stream) : launch<T, false>(p, stream);
+    if (bulk::usable(a.D, a.F, sizeof(T), a.gated))
+      a.gated ? bulk::launch<T, true>(p, stream) : bulk::launch<T, false>(p, stream);
+    else
+      a.gated ? launch<T, true>(p, stream) : launch<T, false>(p, stream);
   });
   check_launch("ffn");
 }

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/gemv_bulk.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/row_input.cuh"
 
@@ -321,6 +322,10 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
   if (in.xt != DType::F32 && in.xt != wt)
     internal_error("gemv: input dtype is neither fp32 nor the weights'");
   if (yt != DType::F32 && yt != wt) internal_error("gemv: output dtype is neither fp32 nor the weights'");
+  if (M == 1 && !gated && gemv_bulk_supported(K, N, wt, W)) {
+    gemv_bulk(in, K, W, wt, N, bias, act, residual, y, yt, stream);
+    return;
+  }
   GemvParams p{RowInput{in.x, in.rows, in.gamma, in.beta, in.rms, in.eps, in.out_scale, int(M), K},
                W,
                N,
@@ -330,28 +335,16 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
                false,
                y};
   p.vector_ok = (K * int64_t(dtype_size(wt))) % 16 == 0 && aligned16(W) && (staged || aligned16(in.x));
-  dispatch_dtype(wt, [&](auto w) {
+  dispatch_linear_dtypes(wt, in.xt, yt, [&](auto w, auto x, auto y) {
     using T = decltype(w);
-    auto with_y = [&](auto x_tag) {
-      using TX = decltype(x_tag);
-      auto go = [&](auto y_tag) {
-        using TY = decltype(y_tag);
-        if (staged)
-          gated ? launch<T, TX, TY, true, true, kGemvMaxRows>(p, stream)
-                : launch<T, TX, TY, true, false, kGemvMaxRows>(p, stream);
-        else
-          gated ? launch<T, T, TY, false, true, kGemvMaxRows>(p, stream)
-                : launch<T, T, TY, false, false, kGemvMaxRows>(p, stream);
-      };
-      if (yt == DType::F32)
-        go(float{});
-      else
-        go(T{});
-    };
-    if (in.xt == DType::F32)
-      with_y(float{});
+    using TX = decltype(x);
+    using TY = decltype(y);
+    if (staged)
+      gated ? launch<T, TX, TY, true, true, kGemvMaxRows>(p, stream)
+            : launch<T, TX, TY, true, false, kGemvMaxRows>(p, stream);
     else
-      with_y(T{});
+      gated ? launch<T, T, TY, false, true, kGemvMaxRows>(p, stream)
+            : launch<T, T, TY, false, false, kGemvMaxRows>(p, stream);
   });
   check_launch("gemv");
 }

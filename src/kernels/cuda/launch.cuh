@@ -10,7 +10,7 @@
 
 #include <utility>
 
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/device_math.cuh"
 
 namespace kestrel::cuda {
 
@@ -28,6 +28,9 @@ __device__ __forceinline__ void pdl_trigger() {
 
 // True when the current device runs PDL (compute capability 9.0+); read once per process and device 0..15.
 bool pdl_supported();
+
+// True when the current device has compute capability 9.0 or later (bulk copies, PDL); read once per device.
+bool hopper_or_later();
 
 // kernel<<<grid, block, smem, stream>>>(args...) through cudaLaunchKernelEx, with `attribute` when it is
 // given; `what` names the launch in the error.
@@ -51,6 +54,11 @@ void launch_ex(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cud
 template <typename... KArgs, typename... Args>
 void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                 Args&&... args) {
+  // KESTREL_CARVEOUT=percent: every kernel's preferred shared-memory carve-out (experiments: kernels that
+  // prefer different carve-outs cannot share an SM, so the next kernel's blocks wait for the SM to drain)
+  static const int64_t carveout = env_int("KESTREL_CARVEOUT");
+  if (carveout > 0)
+    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(carveout));
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;

@@ -19,12 +19,12 @@ struct RowInput {
   int64_t K;
 };
 
-// A single row of up to kNormRegs * block size elements is normalised from registers (read once).
+// A single row of up to kRegs * block size elements is normalised from registers (read once).
 constexpr int kNormRegs = 8;
 
 // Writes the input rows into xs[M][K] in the weight dtype T; every thread of the kThreads-thread block
 // takes part, and xs is complete when it returns.
-template <typename T, typename TX, int kRows, int kThreads>
+template <typename T, typename TX, int kRows, int kThreads, int kRegs = kNormRegs>
 __device__ void stage_rows(const RowInput& p, T* xs) {
   const int M = p.M;
   const int64_t K = p.K;
@@ -39,32 +39,32 @@ __device__ void stage_rows(const RowInput& p, T* xs) {
     return;
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (kRows == 1 && K <= kNormRegs * kThreads) {
+  if (kRows == 1 && K <= kRegs * kThreads) {
     // One row, read once with every load in flight; the block reduces the statistics from registers.
     __shared__ float red[32];
     const TX* r = row(0);
-    float v[kNormRegs];
+    float v[kRegs];
 #pragma unroll
-    for (int i = 0; i < kNormRegs; ++i) {
+    for (int i = 0; i < kRegs; ++i) {
       const int64_t k = threadIdx.x + int64_t(i) * kThreads;
       v[i] = k < K ? to_f32(r[k]) : 0.0f;
     }
     float mean = 0.0f;
     if (!p.rms) {
 #pragma unroll
-      for (int i = 0; i < kNormRegs; ++i) mean += v[i];
+      for (int i = 0; i < kRegs; ++i) mean += v[i];
       mean = block_sum(mean, red) / float(K);
     }
     float var = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kNormRegs; ++i) {
+    for (int i = 0; i < kRegs; ++i) {
       const int64_t k = threadIdx.x + int64_t(i) * kThreads;
       const float c = v[i] - mean;
       if (k < K) var += c * c;
     }
     const float s = rsqrtf(block_sum(var, red) / float(K) + p.eps);
 #pragma unroll
-    for (int i = 0; i < kNormRegs; ++i) {
+    for (int i = 0; i < kRegs; ++i) {
       const int64_t k = threadIdx.x + int64_t(i) * kThreads;
       if (k < K) {
         float o = (v[i] - mean) * s * p.gamma[k];
@@ -132,6 +132,26 @@ __device__ __forceinline__ void load_pair(const uint4* r0, const uint4* r1, int6
       if (r1) w1[c] = ld_stream(r1 + i);
     }
   }
+}
+
+// A lane's share of the dot product of row w with x, both nvec 16-byte vectors in shared memory (two
+// independent sums, so the FMAs of a vector do not wait on each other).
+template <typename T>
+__device__ __forceinline__ float dot_row(const uint4* w, const uint4* x, int64_t nvec) {
+  const int lane = threadIdx.x & 31;
+  float acc0 = 0.0f, acc1 = 0.0f;
+#pragma unroll 4
+  for (int64_t v = lane; v < nvec; v += 32) {
+    float a[kVec<T>], b[kVec<T>];
+    widen<T>(w[v], a);
+    widen<T>(x[v], b);
+#pragma unroll
+    for (int e = 0; e < kVec<T>; e += 2) {
+      acc0 += a[e] * b[e];
+      acc1 += a[e + 1] * b[e + 1];
+    }
+  }
+  return acc0 + acc1;
 }
 
 }  // namespace kestrel::cuda
