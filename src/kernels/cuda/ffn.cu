@@ -263,36 +263,55 @@ constexpr size_t kBarrierBytes = 2 * kMaxStages * sizeof(uint64_t);
 
 struct Params {
   FfnParams f;
-  int group, stages;                                  // R (= kConsumerWarps) features a group, S ring slots
+  int group, stages;  // R (= kConsumerWarps) features a group, S ring slots
+  int row_groups;     // G: down-stage rows split over G thread groups (kSplitRows), else 1
   unsigned stage_bytes, x_at, out_at, h_at, ring_at;  // shared-memory offsets
 };
 
 struct Layout {
-  int group, stages;
+  int group, stages, row_groups;
   size_t stage_bytes, x_at, out_at, h_at, ring_at, total;
 };
 
-Layout layout(int64_t D, size_t weight_bytes, bool gated) {
+// Down-stage row groups of the kSplitRows form: as many as the consumer threads cover the output vectors, at
+// most kMaxRowGroups.
+constexpr int kMaxRowGroups = 4;
+int row_groups(int64_t D, size_t weight_bytes) {
+  const int64_t nvec = D * int64_t(weight_bytes) / 16;
+  return int(std::clamp<int64_t>(kConsumerWarps * 32 / nvec, 1, kMaxRowGroups));
+}
+
+// KESTREL_FFN_SPLIT_ROWS=1: the kSplitRows form (an experiment for the next GPU session).
+bool split_rows() {
+  static const bool on = env_int("KESTREL_FFN_SPLIT_ROWS") == 1;
+  return on;
+}
+
+Layout layout(int64_t D, size_t weight_bytes, bool gated, bool split_rows) {
   const size_t ring = bulk_ring_bytes();
   const size_t row_bytes = size_t(D) * weight_bytes, unit = (gated ? 2 : 1) * row_bytes;
   Layout l{};
   l.group = kConsumerWarps;
+  l.row_groups = split_rows ? row_groups(D, weight_bytes) : 1;
   l.stage_bytes = size_t(l.group) * unit;
   l.stages = int(std::clamp<size_t>(ring / l.stage_bytes, 2, kMaxStages));
   l.x_at = kBarrierBytes;
   l.out_at = l.x_at + stage_bytes(D, weight_bytes);
-  l.h_at = l.out_at + size_t(D) * 4;
+  l.h_at = l.out_at + size_t(l.row_groups) * size_t(D) * 4;
   l.ring_at = l.h_at + 2 * kConsumerWarps * 4;
   l.total = l.ring_at + size_t(l.stages) * l.stage_bytes;
   return l;
 }
 
-template <typename T, bool kGated>
+// kSplitRows (KESTREL_FFN_SPLIT_ROWS=1, not yet measured): in a down stage the consumer threads that one
+// pass over the output vectors leaves idle (XL: 200 vectors, 512 threads) take part of the stage's rows into
+// their own partial outputs (G row groups), summed at the end.
+template <typename T, bool kGated, bool kSplitRows>
 __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   const FfnParams& p = bp.f;
   extern __shared__ __align__(16) unsigned char smem[];
   T* xs = reinterpret_cast<T*>(smem + bp.x_at);
-  float* out = reinterpret_cast<float*>(smem + bp.out_at);  // the block's partial outputs [D]
+  float* out = reinterpret_cast<float*>(smem + bp.out_at);  // the block's partial outputs [G][D]
   float* hs = reinterpret_cast<float*>(smem + bp.h_at);     // h of a group, two alternating
   unsigned char* slots = smem + bp.ring_at;
   constexpr int V = kVec<T>;
@@ -331,8 +350,14 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
     if (producer)
       for (int i = S; i < stages; ++i) ring.produce(i, fill);
   } else {
+    constexpr int kConsumers = kConsumerWarps * 32;
     const int t = threadIdx.x;
-    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
+    // Thread t adds rows gi, gi + G, ... of a down stage into output vectors v0, v0 + span, ... of its
+    // group's partial outputs (one group: every row, vectors t, t + kConsumers, ...).
+    const int G = kSplitRows ? bp.row_groups : 1;
+    const int span = G == 1 ? kConsumers : int(nvec);
+    const int gi = t / span, v0 = t % span;
+    for (int64_t v = t; v < G * nvec; v += kConsumers)
 #pragma unroll
       for (int e = 0; e < V; ++e) out[v * V + e] = 0.0f;
     const uint4* xv = reinterpret_cast<const uint4*>(xs);
@@ -361,15 +386,15 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
         if (lane == 0) h[j] = hj;
       }
       ring.release(2 * g);
-      // h of group g complete (and h of g - 1, whose buffer the next group reuses, read: every warp is past
-      // it)
-      bar_sync(1, kConsumerWarps * 32);
+      // h of group g is complete, and h of g - 1 (whose buffer group g + 1 takes) read by every warp
+      bar_sync(1, kConsumers);
       const uint4* down = stage_at(2 * g + 1);
-      for (int64_t v = t; v < nvec; v += kConsumerWarps * 32) {
+      float* mine = out + int64_t(gi) * D;
+      for (int64_t v = v0; gi < G && v < nvec; v += span) {
         float acc[V];
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[e] = out[v * V + e];
-        for (int j = 0; j < rows; ++j) {
+        for (int e = 0; e < V; ++e) acc[e] = mine[v * V + e];
+        for (int j = gi; j < rows; j += G) {
           float w[V];
           widen<T>(down[j * nvec + v], w);
           const float hj = h[j];
@@ -377,14 +402,21 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
           for (int e = 0; e < V; ++e) acc[e] += hj * w[e];
         }
 #pragma unroll
-        for (int e = 0; e < V; ++e) out[v * V + e] = acc[e];
+        for (int e = 0; e < V; ++e) mine[v * V + e] = acc[e];
       }
       ring.release(2 * g + 1);
     }
-    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
+    if (kSplitRows && G > 1) bar_sync(1, kConsumers);  // every group's partial outputs complete
+    for (int64_t v = t; v < nvec; v += kConsumers)
 #pragma unroll
-      for (int e = 0; e < V; e += 4)
-        atomic_add4(p.acc + v * V + e, *reinterpret_cast<const float4*>(out + v * V + e));
+      for (int e = 0; e < V; e += 4) {
+        float4 sum = *reinterpret_cast<const float4*>(out + v * V + e);
+        for (int r = 1; kSplitRows && r < G; ++r) {
+          const float4 o = *reinterpret_cast<const float4*>(out + r * D + v * V + e);
+          sum = make_float4(sum.x + o.x, sum.y + o.y, sum.z + o.z, sum.w + o.w);
+        }
+        atomic_add4(p.acc + v * V + e, sum);
+      }
   }
   finish_rows(p);
 }
@@ -405,13 +437,13 @@ bool usable(int64_t D, int64_t F, size_t weight_bytes, bool gated) {
   if (mode == "0" || !hopper_or_later()) return false;
   const size_t bytes = size_t(D) * size_t(F) * (gated ? 3 : 2) * weight_bytes;
   if (mode != "1" && bytes < kMinBytes) return false;
-  return layout(D, weight_bytes, gated).total <= max_shared_bytes();
+  return layout(D, weight_bytes, gated, split_rows()).total <= max_shared_bytes();
 }
 
-template <typename T, bool kGated>
+template <typename T, bool kGated, bool kSplitRows>
 void launch(const FfnParams& p, cudaStream_t stream) {
-  auto* kernel = ffn_bulk_kernel<T, kGated>;
-  const Layout l = layout(p.D, sizeof(T), kGated);
+  auto* kernel = ffn_bulk_kernel<T, kGated, kSplitRows>;
+  const Layout l = layout(p.D, sizeof(T), kGated, kSplitRows);
   static size_t configured = 0;  // the dynamic shared memory the kernel is allowed so far
   if (l.total > configured) {
     check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.total))),
@@ -423,6 +455,7 @@ void launch(const FfnParams& p, cudaStream_t stream) {
   Params bp{p,
             l.group,
             l.stages,
+            l.row_groups,
             unsigned(l.stage_bytes),
             unsigned(l.x_at),
             unsigned(l.out_at),
@@ -463,10 +496,14 @@ void ffn(const FfnArgs& a, Stream stream) {
               a.counter};
   dispatch_dtype(a.wt, [&](auto w) {
     using T = decltype(w);
-    if (bulk::usable(a.D, a.F, sizeof(T), a.gated))
-      a.gated ? bulk::launch<T, true>(p, stream) : bulk::launch<T, false>(p, stream);
-    else
+    if (bulk::usable(a.D, a.F, sizeof(T), a.gated)) {
+      if (bulk::split_rows())
+        a.gated ? bulk::launch<T, true, true>(p, stream) : bulk::launch<T, false, true>(p, stream);
+      else
+        a.gated ? bulk::launch<T, true, false>(p, stream) : bulk::launch<T, false, false>(p, stream);
+    } else {
       a.gated ? launch<T, true>(p, stream) : launch<T, false>(p, stream);
+    }
   });
   check_launch("ffn");
 }
