@@ -19,7 +19,8 @@ struct RowInput {
   int64_t K;
 };
 
-// A single row of up to kRegs * block size elements is normalised from registers (read once).
+// A single row of up to kRegs * block size elements (kRegs: stage_rows' last parameter, kNormRegs unless
+// given) is normalised from registers (read once).
 constexpr int kNormRegs = 8;
 
 // Writes the input rows into xs[M][K] in the weight dtype T; every thread of the kThreads-thread block
