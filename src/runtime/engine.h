@@ -33,8 +33,9 @@ struct SessionOptions {
   // also the T5 encoder input) planned up front; 0 = min(model positions, 1024). See runtime/cuda_session.h.
   std::string precision = "fp16";
   int64_t max_length = 0;
-  // --device cuda only: run-to-run identical results. The decode kernels that add blocks' partial sums with
-  // atomics (in no fixed order) give way to ordered ones, a few percent slower on large models.
+  // --device cuda only: run-to-run identical results. The fused decode kernels that add blocks' partial sums
+  // with atomics (in no fixed order) are not used; the unfused kernels they replace run instead, a few
+  // percent slower on large models.
   bool deterministic = false;
 };
 
@@ -54,8 +55,8 @@ class Model {
   // The same from a config and tensors already in memory (tests, bindings); `dir` only names the model.
   static std::unique_ptr<Model> build(ModelConfig config, const Weights& weights,
                                       std::filesystem::path dir = {});
-  // Maps an engine file (`kestrel build`) and uses its plan and packed weights in place: nothing is parsed from
-  // a checkpoint or repacked. Every section is checksummed first. Defined in runtime/engine_io.cpp.
+  // Maps an engine file (`kestrel build`) and uses its plan and packed weights in place: nothing is parsed
+  // from a checkpoint or repacked. Every section is checksummed first. Defined in runtime/engine_io.cpp.
   // load(dir) also takes an engine file, or a folder unpacked from one (io/engine_unpack.h).
   static std::unique_ptr<Model> load_engine(const std::filesystem::path& file);
   // A model from parts that are already final (plan folded, weights packed), e.g. views into an engine file.

@@ -229,11 +229,8 @@ template <typename T, bool kGated>
 void launch(const FfnParams& p, cudaStream_t stream) {
   auto* kernel = ffn_kernel<T, kGated>;
   const size_t smem = smem_bytes(p.D, sizeof(T));
-  static size_t configured = 0;  // the dynamic shared memory the kernel is allowed so far
-  if (smem > configured) {
-    check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))), "ffn");
-    configured = smem;
-  }
+  static size_t allowed = 0;
+  allow_shared_memory(kernel, smem, allowed, "ffn");
   const int sms = sm_count();
   int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "ffn");
@@ -444,12 +441,8 @@ template <typename T, bool kGated, bool kSplitRows>
 void launch(const FfnParams& p, cudaStream_t stream) {
   auto* kernel = ffn_bulk_kernel<T, kGated, kSplitRows>;
   const Layout l = layout(p.D, sizeof(T), kGated, kSplitRows);
-  static size_t configured = 0;  // the dynamic shared memory the kernel is allowed so far
-  if (l.total > configured) {
-    check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(l.total))),
-          "ffn_bulk");
-    configured = l.total;
-  }
+  static size_t allowed = 0;
+  allow_shared_memory(kernel, l.total, allowed, "ffn_bulk");
   static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
   const int64_t blocks = std::clamp<int64_t>(forced > 0 ? forced : sm_count(), 1, p.F);
   Params bp{p,

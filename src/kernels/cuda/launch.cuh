@@ -32,6 +32,15 @@ bool pdl_supported();
 // True when the current device has compute capability 9.0 or later (bulk copies, PDL); read once per device.
 bool hopper_or_later();
 
+// Lets `kernel` use `bytes` of dynamic shared memory. `allowed` is the caller's record of what the kernel is
+// allowed so far (a static beside the launch), so the attribute is set only when a launch needs more.
+template <typename... KArgs>
+void allow_shared_memory(void (*kernel)(KArgs...), size_t bytes, size_t& allowed, const char* what) {
+  if (bytes <= allowed) return;
+  check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes))), what);
+  allowed = bytes;
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...) through cudaLaunchKernelEx, with `attribute` when it is
 // given; `what` names the launch in the error.
 template <typename... KArgs, typename... Args>
