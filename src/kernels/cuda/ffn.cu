@@ -260,55 +260,36 @@ constexpr size_t kBarrierBytes = 2 * kMaxStages * sizeof(uint64_t);
 
 struct Params {
   FfnParams f;
-  int group, stages;  // R (= kConsumerWarps) features a group, S ring slots
-  int row_groups;     // G: down-stage rows split over G thread groups (kSplitRows), else 1
+  int group, stages;                                  // R (= kConsumerWarps) features a group, S ring slots
   unsigned stage_bytes, x_at, out_at, h_at, ring_at;  // shared-memory offsets
 };
 
 struct Layout {
-  int group, stages, row_groups;
+  int group, stages;
   size_t stage_bytes, x_at, out_at, h_at, ring_at, total;
 };
 
-// Down-stage row groups of the kSplitRows form: as many as the consumer threads cover the output vectors, at
-// most kMaxRowGroups.
-constexpr int kMaxRowGroups = 4;
-int row_groups(int64_t D, size_t weight_bytes) {
-  const int64_t nvec = D * int64_t(weight_bytes) / 16;
-  return int(std::clamp<int64_t>(kConsumerWarps * 32 / nvec, 1, kMaxRowGroups));
-}
-
-// KESTREL_FFN_SPLIT_ROWS=1: the kSplitRows form (an experiment for the next GPU session).
-bool split_rows() {
-  static const bool on = env_int("KESTREL_FFN_SPLIT_ROWS") == 1;
-  return on;
-}
-
-Layout layout(int64_t D, size_t weight_bytes, bool gated, bool split_rows) {
+Layout layout(int64_t D, size_t weight_bytes, bool gated) {
   const size_t ring = bulk_ring_bytes();
   const size_t row_bytes = size_t(D) * weight_bytes, unit = (gated ? 2 : 1) * row_bytes;
   Layout l{};
   l.group = kConsumerWarps;
-  l.row_groups = split_rows ? row_groups(D, weight_bytes) : 1;
   l.stage_bytes = size_t(l.group) * unit;
   l.stages = int(std::clamp<size_t>(ring / l.stage_bytes, 2, kMaxStages));
   l.x_at = kBarrierBytes;
   l.out_at = l.x_at + stage_bytes(D, weight_bytes);
-  l.h_at = l.out_at + size_t(l.row_groups) * size_t(D) * 4;
+  l.h_at = l.out_at + size_t(D) * 4;
   l.ring_at = l.h_at + 2 * kConsumerWarps * 4;
   l.total = l.ring_at + size_t(l.stages) * l.stage_bytes;
   return l;
 }
 
-// kSplitRows (KESTREL_FFN_SPLIT_ROWS=1, not yet measured): in a down stage the consumer threads that one
-// pass over the output vectors leaves idle (XL: 200 vectors, 512 threads) take part of the stage's rows into
-// their own partial outputs (G row groups), summed at the end.
-template <typename T, bool kGated, bool kSplitRows>
+template <typename T, bool kGated>
 __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   const FfnParams& p = bp.f;
   extern __shared__ __align__(16) unsigned char smem[];
   T* xs = reinterpret_cast<T*>(smem + bp.x_at);
-  float* out = reinterpret_cast<float*>(smem + bp.out_at);  // the block's partial outputs [G][D]
+  float* out = reinterpret_cast<float*>(smem + bp.out_at);  // the block's partial outputs [D]
   float* hs = reinterpret_cast<float*>(smem + bp.h_at);     // h of a group, two alternating
   unsigned char* slots = smem + bp.ring_at;
   constexpr int V = kVec<T>;
@@ -341,20 +322,16 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   if (producer) ring.start(stages, fill);  // the weights' first stages before the previous kernel ends
   pdl_wait();
   pdl_trigger();
-  stage_rows<T, float, 1, kThreads, 16>(p.in, xs);  // ends with __syncthreads(): barriers visible too
+  // Ends with __syncthreads(): the barriers are visible too. Rows of up to kNormRegs * kThreads elements are
+  // normalised from registers; a bound of 16 (as the bulk GEMV has) measured 2-3 % slower on GPT-2 XL.
+  stage_rows<T, float, 1, kThreads>(p.in, xs);
 
   if (warp == kConsumerWarps) {
     if (producer)
       for (int i = S; i < stages; ++i) ring.produce(i, fill);
   } else {
-    constexpr int kConsumers = kConsumerWarps * 32;
     const int t = threadIdx.x;
-    // Thread t adds rows gi, gi + G, ... of a down stage into output vectors v0, v0 + span, ... of its
-    // group's partial outputs (one group: every row, vectors t, t + kConsumers, ...).
-    const int G = kSplitRows ? bp.row_groups : 1;
-    const int span = G == 1 ? kConsumers : int(nvec);
-    const int gi = t / span, v0 = t % span;
-    for (int64_t v = t; v < G * nvec; v += kConsumers)
+    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
 #pragma unroll
       for (int e = 0; e < V; ++e) out[v * V + e] = 0.0f;
     const uint4* xv = reinterpret_cast<const uint4*>(xs);
@@ -383,15 +360,15 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
         if (lane == 0) h[j] = hj;
       }
       ring.release(2 * g);
-      // h of group g is complete, and h of g - 1 (whose buffer group g + 1 takes) read by every warp
-      bar_sync(1, kConsumers);
+      // h of group g complete (and h of g - 1, whose buffer the next group reuses, read: every warp is past
+      // it)
+      bar_sync(1, kConsumerWarps * 32);
       const uint4* down = stage_at(2 * g + 1);
-      float* mine = out + int64_t(gi) * D;
-      for (int64_t v = v0; gi < G && v < nvec; v += span) {
+      for (int64_t v = t; v < nvec; v += kConsumerWarps * 32) {
         float acc[V];
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[e] = mine[v * V + e];
-        for (int j = gi; j < rows; j += G) {
+        for (int e = 0; e < V; ++e) acc[e] = out[v * V + e];
+        for (int j = 0; j < rows; ++j) {
           float w[V];
           widen<T>(down[j * nvec + v], w);
           const float hj = h[j];
@@ -399,29 +376,23 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
           for (int e = 0; e < V; ++e) acc[e] += hj * w[e];
         }
 #pragma unroll
-        for (int e = 0; e < V; ++e) mine[v * V + e] = acc[e];
+        for (int e = 0; e < V; ++e) out[v * V + e] = acc[e];
       }
       ring.release(2 * g + 1);
     }
-    if (kSplitRows && G > 1) bar_sync(1, kConsumers);  // every group's partial outputs complete
-    for (int64_t v = t; v < nvec; v += kConsumers)
+    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
 #pragma unroll
-      for (int e = 0; e < V; e += 4) {
-        float4 sum = *reinterpret_cast<const float4*>(out + v * V + e);
-        for (int r = 1; kSplitRows && r < G; ++r) {
-          const float4 o = *reinterpret_cast<const float4*>(out + r * D + v * V + e);
-          sum = make_float4(sum.x + o.x, sum.y + o.y, sum.z + o.z, sum.w + o.w);
-        }
-        atomic_add4(p.acc + v * V + e, sum);
-      }
+      for (int e = 0; e < V; e += 4)
+        atomic_add4(p.acc + v * V + e, *reinterpret_cast<const float4*>(out + v * V + e));
   }
   finish_rows(p);
 }
 
 // Blocks of at least this many bytes of weights take the bulk form. Decode step, H100, against the register
-// form (bench/results/gpu_bulk_variants_h100_2026-11-26.txt): GPT-2 XL (41 MB a block) 2.19 vs 2.31 ms, T5-3B
-// (67 MB) 1.715 vs 1.713 ms, GPT-2 small (9.4 MB: 23 features a block, two groups, so the ring never fills)
-// 0.374 vs 0.317 ms. Medium and large (17 and 26 MB) were not measured and keep the register form.
+// form, same calls (bench/results/gpu_bulk_regression_h100_2026-11-26.txt): GPT-2 XL (41 MB a block) 2.14 vs
+// 2.31 ms, T5-3B (67 MB) 1.685 vs 1.710 ms; GPT-2 small (9.4 MB: 23 features a block, two groups, so the ring
+// never fills) 0.374 vs 0.317 ms (gpu_bulk_variants_h100_2026-11-26.txt). Medium, large and T5-large (17, 26
+// and 16 MB) were measured only with a slower build of this kernel and keep the register form.
 constexpr size_t kMinBytes = size_t(32) << 20;
 
 // On sm_90, for blocks of kMinBytes or more (KESTREL_FFN_BULK=1: any size, 0: never), where two stages fit
@@ -434,13 +405,13 @@ bool usable(int64_t D, int64_t F, size_t weight_bytes, bool gated) {
   if (mode == "0" || !hopper_or_later()) return false;
   const size_t bytes = size_t(D) * size_t(F) * (gated ? 3 : 2) * weight_bytes;
   if (mode != "1" && bytes < kMinBytes) return false;
-  return layout(D, weight_bytes, gated, split_rows()).total <= max_shared_bytes();
+  return layout(D, weight_bytes, gated).total <= max_shared_bytes();
 }
 
-template <typename T, bool kGated, bool kSplitRows>
+template <typename T, bool kGated>
 void launch(const FfnParams& p, cudaStream_t stream) {
-  auto* kernel = ffn_bulk_kernel<T, kGated, kSplitRows>;
-  const Layout l = layout(p.D, sizeof(T), kGated, kSplitRows);
+  auto* kernel = ffn_bulk_kernel<T, kGated>;
+  const Layout l = layout(p.D, sizeof(T), kGated);
   static size_t allowed = 0;
   allow_shared_memory(kernel, l.total, allowed, "ffn_bulk");
   static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
@@ -448,7 +419,6 @@ void launch(const FfnParams& p, cudaStream_t stream) {
   Params bp{p,
             l.group,
             l.stages,
-            l.row_groups,
             unsigned(l.stage_bytes),
             unsigned(l.x_at),
             unsigned(l.out_at),
@@ -489,14 +459,10 @@ void ffn(const FfnArgs& a, Stream stream) {
               a.counter};
   dispatch_dtype(a.wt, [&](auto w) {
     using T = decltype(w);
-    if (bulk::usable(a.D, a.F, sizeof(T), a.gated)) {
-      if (bulk::split_rows())
-        a.gated ? bulk::launch<T, true, true>(p, stream) : bulk::launch<T, false, true>(p, stream);
-      else
-        a.gated ? bulk::launch<T, true, false>(p, stream) : bulk::launch<T, false, false>(p, stream);
-    } else {
+    if (bulk::usable(a.D, a.F, sizeof(T), a.gated))
+      a.gated ? bulk::launch<T, true>(p, stream) : bulk::launch<T, false>(p, stream);
+    else
       a.gated ? launch<T, true>(p, stream) : launch<T, false>(p, stream);
-    }
   });
   check_launch("ffn");
 }
