@@ -9,6 +9,7 @@
 #include <functional>
 #include <set>
 
+#include "core/env.h"
 #include "core/error.h"
 
 namespace kestrel {
@@ -63,10 +64,9 @@ constexpr int64_t kMaxOutputRows = 2048;
 constexpr size_t kStagingFloats = size_t(16) << 20;   // 64 MiB of fp32 per upload chunk
 constexpr size_t kHeadroomBytes = size_t(256) << 20;  // CUDA context, cuBLASLt kernels, graphs
 
-// Whether environment variable `name` is set to something other than "" or "0".
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::string(v) != "0";
+// KESTREL_STEP_KERNEL=1: decode steps run the persistent step kernel (experimental, kernels/cuda/NOTES.md).
+bool step_kernel_requested() {
+  return env_switch("KESTREL_STEP_KERNEL") == EnvSwitch::On;
 }
 
 // How many ops of the plan (encoder and decoder) use each weight.
@@ -305,8 +305,7 @@ CudaSession::~CudaSession() {
 }
 
 void CudaSession::calibrate(std::map<std::string, DType>& dtype, std::map<const Op*, DType>& linear_wt) {
-  const char* off = std::getenv("KESTREL_NO_CALIBRATION");
-  if (off && *off && std::string(off) != "0") return;
+  if (env_flag("KESTREL_NO_CALIBRATION")) return;
   const std::map<const Op*, float> ranges = measure_activation_ranges(model_, options_.threads);
   const float limit = kFp16Max / kFp16Headroom;
   auto range = [&](const Op& op) {
@@ -378,9 +377,8 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
   // (tests), =0 none (comparisons); never with --deterministic (the blocks' sums meet in float atomics) or
   // under the persistent step kernel, which reads every weight in its checkpoint layout.
   constexpr size_t kFfnKernelMinBytes = size_t(8) << 20;
-  const char* mode = std::getenv("KESTREL_FFN_KERNEL");
-  const std::string ffn_mode = mode ? mode : "";
-  if (ffn_mode == "0" || deterministic_ || env_flag("KESTREL_STEP_KERNEL")) return;
+  const EnvSwitch ffn_mode = env_switch("KESTREL_FFN_KERNEL");
+  if (ffn_mode == EnvSwitch::Off || deterministic_ || step_kernel_requested()) return;
   const std::map<std::string, int> weight_uses = weight_use_counts(plan_);
   for (const auto* program : {&plan_.encoder, &plan_.decoder}) {
     const std::vector<const Op*> ops = without_position_bias(*program);
@@ -404,7 +402,7 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
           !cuda::ffn_supported(D, F, wt))
         continue;
       const size_t bytes = size_t(D) * size_t(F) * (up.gated ? 3 : 2) * dtype_size(wt);
-      if (ffn_mode != "1" && bytes < kFfnKernelMinBytes) continue;
+      if (ffn_mode != EnvSwitch::On && bytes < kFfnKernelMinBytes) continue;
       in_out_weights_.insert(w_down);
       ffn_width_ = std::max(ffn_width_, D);
     }
@@ -416,8 +414,8 @@ void CudaSession::plan_attention_projections(const std::map<std::string, DType>&
   // decode steps run the two as one kernel (attention() with proj_wt), the projection uploaded transposed.
   // KESTREL_ATTN_PROJECT=0 keeps them apart (comparisons); so do --deterministic (the kernel adds the heads'
   // products with atomics) and the persistent step kernel.
-  const char* mode = std::getenv("KESTREL_ATTN_PROJECT");
-  if ((mode && std::string(mode) == "0") || deterministic_ || env_flag("KESTREL_STEP_KERNEL")) return;
+  if (env_switch("KESTREL_ATTN_PROJECT") == EnvSwitch::Off || deterministic_ || step_kernel_requested())
+    return;
   const std::map<std::string, int> weight_uses = weight_use_counts(plan_);
   const int64_t vec = 16 / int64_t(dtype_size(compute_));
   for (const auto* program : {&plan_.encoder, &plan_.decoder}) {
@@ -733,10 +731,7 @@ std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_t
 
 bool CudaSession::chooses_tokens(const TokenChoice& choice) const {
   // KESTREL_CHOOSE_ON_HOST=1 sends logits to the host instead (comparisons, debugging).
-  static const bool on_host = [] {
-    const char* v = std::getenv("KESTREL_CHOOSE_ON_HOST");
-    return v && *v && *v != '0';
-  }();
+  static const bool on_host = env_flag("KESTREL_CHOOSE_ON_HOST");
   if (on_host) return false;
   // Top-p sorts its candidates in shared memory: it needs a top-k that leaves few enough of them.
   const bool top_p_fits = choice.top_p >= 1.0 || (choice.top_k > 0 && choice.top_k <= cuda::kMaxSorted / 2);
@@ -956,8 +951,8 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   // Attention with its output projection fused in attends over all keys in every column slice's block: only
   // for contexts short enough that those repeated reads (from L2) cost less than a second kernel.
   static const int64_t project_max_keys = [] {  // KESTREL_ATTN_PROJECT_MAX_KEYS overrides (tuning)
-    const char* v = std::getenv("KESTREL_ATTN_PROJECT_MAX_KEYS");
-    return v && std::atoll(v) > 0 ? int64_t(std::atoll(v)) : kProjectMaxKeys;
+    const int64_t keys = env_int("KESTREL_ATTN_PROJECT_MAX_KEYS");
+    return keys > 0 ? keys : kProjectMaxKeys;
   }();
   pass.project_self = one_token_each && T <= cuda::kMaxProjectRows && max_self <= project_max_keys;
   pass.project_cross = one_token_each && T <= cuda::kMaxProjectRows && max_cross <= project_max_keys;
@@ -1041,8 +1036,7 @@ bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const
   impl_->step_state = -1;
   // Opt-in (KESTREL_STEP_KERNEL=1) until it beats the op-by-op graph: on an H100 it does not yet
   // (kernels/cuda/NOTES.md). When on, a plan it cannot run is an error rather than a silent fallback.
-  const char* mode = std::getenv("KESTREL_STEP_KERNEL");
-  if (!mode || std::string(mode) != "1") return false;
+  if (!step_kernel_requested()) return false;
   auto unsupported = [&](const Op& op) -> bool {
     fail("KESTREL_STEP_KERNEL=1: the decode step kernel cannot run op " + op_kind_name(op.kind) + " -> '" +
          op.output + "'");

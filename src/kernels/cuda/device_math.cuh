@@ -176,8 +176,8 @@ struct BulkRing {
     mbar_init_fence();
   }
   // Initialises the barriers and fills the first min(slots, stages) stages (nothing waits for a consumer).
-  // Through fill() directly, not produce(): with produce()'s empty-slot wait compiled into this prologue (never
-  // taken here) the bulk FFN's decode step measured 6 % slower on GPT-2 XL and T5-3B (H100,
+  // Through fill() directly, not produce(): with produce()'s empty-slot wait compiled into this prologue
+  // (never taken here) the bulk FFN's decode step measured 6 % slower on GPT-2 XL and T5-3B (H100,
   // bench/results/gpu_bulk_regression_h100_2026-11-26.txt).
   template <typename Fill>
   __device__ void start(int stages, Fill&& fill) const {
@@ -288,10 +288,6 @@ int sm_count();
 
 // The most dynamic shared memory a block of the current device may opt in to (read once per device).
 size_t max_shared_bytes();
-
-// The integer value of environment variable `name` (the kernels' tuning and debugging knobs); 0 when it is
-// unset or not a number.
-int64_t env_int(const char* name);
 
 inline unsigned blocks_for(int64_t n, int threads) {
   return unsigned((n + threads - 1) / threads);

@@ -1,6 +1,5 @@
 // Small memory-bound kernels: dtype conversion, embeddings, row gathers, KV-cache stores, greedy argmax, and
 // the CUDA error checks every other file uses.
-#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/device_math.cuh"
@@ -33,10 +32,7 @@ bool hopper_or_later() {
 
 bool pdl_supported() {
   // KESTREL_NO_PDL=1 turns it off (to measure what it buys, or to rule it out).
-  static const bool disabled = [] {
-    const char* v = std::getenv("KESTREL_NO_PDL");
-    return v && *v && std::string(v) != "0";
-  }();
+  static const bool disabled = env_flag("KESTREL_NO_PDL");
   return !disabled && hopper_or_later();
 }
 
@@ -58,11 +54,6 @@ size_t max_shared_bytes() {
   static int bytes[16] = {};
   return size_t(
       device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, bytes, "reading the shared memory size"));
-}
-
-int64_t env_int(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? int64_t(std::atoll(v)) : 0;
 }
 
 size_t element_size(DType t) {

@@ -15,8 +15,6 @@
 // therefore varies from run to run, in the last bits of fp32 only. The session uses it for blocks of at least
 // 8 MiB of weights (runtime/cuda_session.cpp, plan_ffn_blocks; measurements in NOTES.md).
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/gemv_bulk.cuh"
@@ -398,13 +396,10 @@ constexpr size_t kMinBytes = size_t(32) << 20;
 // On sm_90, for blocks of kMinBytes or more (KESTREL_FFN_BULK=1: any size, 0: never), where two stages fit
 // the GPU's shared memory.
 bool usable(int64_t D, int64_t F, size_t weight_bytes, bool gated) {
-  static const std::string mode = [] {
-    const char* v = std::getenv("KESTREL_FFN_BULK");
-    return std::string(v ? v : "");
-  }();
-  if (mode == "0" || !hopper_or_later()) return false;
+  static const EnvSwitch mode = env_switch("KESTREL_FFN_BULK");
+  if (mode == EnvSwitch::Off || !hopper_or_later()) return false;
   const size_t bytes = size_t(D) * size_t(F) * (gated ? 3 : 2) * weight_bytes;
-  if (mode != "1" && bytes < kMinBytes) return false;
+  if (mode != EnvSwitch::On && bytes < kMinBytes) return false;
   return layout(D, weight_bytes, gated).total <= max_shared_bytes();
 }
 

@@ -18,8 +18,6 @@
 // The epilogue adds the bias, applies the activation (or the gate of a gated FFN: act(x·W[n]) * (x·W[n+F])),
 // and writes or adds (residual) the result in the output dtype. Accumulation is fp32 throughout.
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/gemv_bulk.cuh"
@@ -288,10 +286,8 @@ void launch(const GemvParams& p, cudaStream_t stream) {
   const int64_t resident_warps = int64_t(std::clamp(per_sm, 1, cap)) * sms * kWarps;
   // Fewer feature pairs than half the warps, and rows long enough for every warp of a block: split the rows.
   const int64_t units = kGated ? p.N : (p.N + 1) / 2;
-  static const bool tall_off = [] {  // KESTREL_GEMV_TALL=0: never split rows (comparisons)
-    const char* v = std::getenv("KESTREL_GEMV_TALL");
-    return v && std::string(v) == "0";
-  }();
+  // KESTREL_GEMV_TALL=0: never split rows (comparisons)
+  static const bool tall_off = env_switch("KESTREL_GEMV_TALL") == EnvSwitch::Off;
   if (kRows == 1 && !tall_off && p.vector_ok && units * 2 < resident_warps &&
       p.in.K / kVec<T> >= 32 * kWarps) {
     const int64_t blocks = std::min<int64_t>(p.N, resident_warps / kWarps);

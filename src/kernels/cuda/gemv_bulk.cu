@@ -16,8 +16,6 @@
 // (bias, activation, residual as in gemv.cu). Every output is one warp's fixed-order sum: the result does not
 // depend on timing.
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/gemv_bulk.cuh"
@@ -143,10 +141,8 @@ size_t bulk_ring_bytes() {
 }
 
 bool gemv_bulk_supported(int64_t K, int64_t N, DType wt, const void* W) {
-  static const bool on = [] {  // opt-in (KESTREL_GEMV_BULK=1): slower than gemv.cu so far (NOTES.md)
-    const char* v = std::getenv("KESTREL_GEMV_BULK");
-    return v && std::string(v) == "1" && hopper_or_later();
-  }();
+  // Opt-in (KESTREL_GEMV_BULK=1): slower than gemv.cu so far (NOTES.md).
+  static const bool on = env_switch("KESTREL_GEMV_BULK") == EnvSwitch::On && hopper_or_later();
   if (!on || (wt != DType::F32 && wt != DType::F16 && wt != DType::BF16)) return false;
   const size_t row_bytes = size_t(K) * dtype_size(wt);
   return K > 0 && N > 0 && row_bytes % 16 == 0 && aligned16(W) &&

@@ -10,6 +10,7 @@
 
 #include <utility>
 
+#include "core/env.h"
 #include "kernels/cuda/device_math.cuh"
 
 namespace kestrel::cuda {
