@@ -358,8 +358,7 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
         if (lane == 0) h[j] = hj;
       }
       ring.release(2 * g);
-      // h of group g complete (and h of g - 1, whose buffer the next group reuses, read: every warp is past
-      // it)
+      // h of group g is complete, and h of g - 1 (whose buffer group g + 1 takes) read by every warp
       bar_sync(1, kConsumerWarps * 32);
       const uint4* down = stage_at(2 * g + 1);
       for (int64_t v = t; v < nvec; v += kConsumerWarps * 32) {
