@@ -187,13 +187,15 @@ def decodes_agree(models, tmp_path, arch, precision, n, test, variant_env, basel
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall"])
-@pytest.mark.parametrize("variant", ["bulk", "registers"])
+@pytest.mark.parametrize("variant", ["bulk", "bulk_fma", "registers"])
 def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision, variant):
     """The one-kernel feed-forward block of one-row forwards (kernels/cuda/ffn.cu; by default only for large
-    blocks, forced here), in its bulk-copy form (the default on sm_90 for blocks of 32 MiB and more, forced
-    here too) and its register form (KESTREL_FFN_BULK=0), against the norm+GEMV, GEMV pair it replaces
-    (KESTREL_FFN_KERNEL=0), and in fp32 against transformers' greedy."""
-    env = {"KESTREL_FFN_KERNEL": "1", "KESTREL_FFN_BULK": "0" if variant == "registers" else "1"}
+    blocks, forced here), in its bulk-copy form (the default on sm_90 for blocks of 16 MiB and more, forced
+    here too; with tensor-core consumers for 16-bit weights, or with FMA loops: KESTREL_FFN_MMA=0) and its
+    register form (KESTREL_FFN_BULK=0), against the norm+GEMV, GEMV pair it replaces (KESTREL_FFN_KERNEL=0),
+    and in fp32 against transformers' greedy."""
+    env = {"KESTREL_FFN_KERNEL": "1", "KESTREL_FFN_BULK": "0" if variant == "registers" else "1",
+           "KESTREL_FFN_MMA": "0" if variant == "bulk_fma" else "1"}
     decodes_agree(models, tmp_path, arch, precision, 32, f"ffn_kernel_{variant}", env, {"KESTREL_FFN_KERNEL": "0"})
 
 

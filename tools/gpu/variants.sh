@@ -18,8 +18,18 @@ for size in ${SIZES//,/ }; do
     timeout 180 env "${envs[@]}" "$driver" --model "$TMP/$size" --device cuda --precision fp16 \
       --prompts "$TMP/p.json" --new-tokens 64 --bench-runs 3 --bench-only --max-batch 1 --max-length "${MAX_LENGTH:-256}" \
       --out "$TMP/o" 2> "$TMP/err" || { echo "$size [$variant] failed: $(tail -2 "$TMP/err")"; continue; }
-    $PY -c 'import json,statistics as s,sys; b=json.load(open(sys.argv[1]))["bench"]; print(f"{sys.argv[2]:8s} [{sys.argv[3]}] step {s.median(b["step_ms"]):.4f} ms  e2e {s.median(b["e2e_ms"]):.2f} ms  first {s.median(b["first_ms"]):.3f} ms")' \
-      "$TMP/o.json" "$size" "$variant" | tee -a "$OUT/variants.txt"
+    # "same k": the greedy tokens agree with the size's first variant for the first k (random weights give
+    # near ties, so a 16-bit variant may tip one; a wrong kernel agrees for none)
+    $PY - "$TMP/o.json" "$size" "$variant" "$TMP/ref_$size.json" <<'PYEOF' | tee -a "$OUT/variants.txt"
+import json, os, statistics as s, sys
+o = json.load(open(sys.argv[1])); b = o["bench"]; tokens = o["greedy_device"][0]
+if not os.path.exists(sys.argv[4]):
+    json.dump(tokens, open(sys.argv[4], "w"))
+ref = json.load(open(sys.argv[4]))
+same = next((i for i, (x, y) in enumerate(zip(tokens, ref)) if x != y), len(tokens))
+print(f"{sys.argv[2]:8s} [{sys.argv[3]}] step {s.median(b['step_ms']):.4f} ms  e2e {s.median(b['e2e_ms']):.2f} ms  "
+      f"first {s.median(b['first_ms']):.3f} ms  same {same}/{len(tokens)}")
+PYEOF
   done
   rm -rf "$TMP/$size"
 done

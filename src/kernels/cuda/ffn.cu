@@ -19,6 +19,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/gemv_bulk.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/row_input.cuh"
 
 namespace kestrel::cuda {
@@ -255,34 +256,147 @@ constexpr int kConsumerWarps = kBulkConsumerWarps;
 constexpr int kThreads = (kConsumerWarps + 1) * 32;  // and one more warp, whose first lane produces
 constexpr int kMaxStages = 8;
 constexpr size_t kBarrierBytes = 2 * kMaxStages * sizeof(uint64_t);
+// Tensor-core consumers: 16 × 16 tiles of D a warp at most, so the fp32 accumulators of the down projection
+// (4 registers a tile) stay in registers (D up to 7 * 16 * 16 = 1792: every GPT-2 and T5 v1.0 size).
+constexpr int kMaxTiles = 7;
+static_assert(kConsumerWarps == 16, "a group's 16 features are the rows of one mma tile");
 
 struct Params {
   FfnParams f;
   int group, stages;                                  // R (= kConsumerWarps) features a group, S ring slots
   unsigned stage_bytes, x_at, out_at, h_at, ring_at;  // shared-memory offsets
+  unsigned row_stride;                                // bytes between a stage's rows (padded for mma)
 };
 
 struct Layout {
   int group, stages;
-  size_t stage_bytes, x_at, out_at, h_at, ring_at, total;
+  size_t stage_bytes, x_at, out_at, h_at, ring_at, total, row_stride;
 };
 
-Layout layout(int64_t D, size_t weight_bytes, bool gated) {
+// With tensor-core consumers (mma) each row of a stage is copied on its own, 16 bytes past the end of the
+// previous one: rows of every real model are a multiple of 128 bytes, so unpadded, the eight rows an
+// ldmatrix phase reads would all fall in the same four banks. Their h region holds each warp's partial
+// dot products of a group (gated: both rows of a feature), two groups alternating.
+Layout layout(int64_t D, size_t weight_bytes, bool gated, bool mma) {
   const size_t ring = bulk_ring_bytes();
-  const size_t row_bytes = size_t(D) * weight_bytes, unit = (gated ? 2 : 1) * row_bytes;
+  const size_t row_bytes = size_t(D) * weight_bytes;
   Layout l{};
   l.group = kConsumerWarps;
-  l.stage_bytes = size_t(l.group) * unit;
+  l.row_stride = row_bytes + (mma ? 16 : 0);
+  l.stage_bytes = size_t(l.group) * (gated ? 2 : 1) * l.row_stride;
   l.stages = int(std::clamp<size_t>(ring / l.stage_bytes, 2, kMaxStages));
   l.x_at = kBarrierBytes;
   l.out_at = l.x_at + stage_bytes(D, weight_bytes);
   l.h_at = l.out_at + size_t(D) * 4;
-  l.ring_at = l.h_at + 2 * kConsumerWarps * 4;
+  l.ring_at = l.h_at + 2 * kConsumerWarps * (mma ? kConsumerWarps * (gated ? 2 : 1) : 1) * 4;
   l.total = l.ring_at + size_t(l.stages) * l.stage_bytes;
   return l;
 }
 
+// Tensor-core consumers for 16-bit weights whose h is rounded to them (so h · W2t takes the same products as
+// the FMA loop) and D a multiple of 16 within kMaxTiles (KESTREL_FFN_MMA=0: never).
+bool mma_usable(int64_t D, size_t weight_bytes, bool h_f32) {
+  static const EnvSwitch mode = env_switch("KESTREL_FFN_MMA");
+  return mode != EnvSwitch::Off && weight_bytes == 2 && !h_f32 && D % 16 == 0 &&
+         D <= int64_t(16) * kConsumerWarps * kMaxTiles;
+}
+
+// The consumer warps of ffn_bulk_kernel with tensor cores (kMma). A 16-bit weight vector costs the FMA loops a
+// shared-memory load, eight conversions and eight FMAs, and those, not the copies, bounded the kernel
+// (NOTES.md); here one ldmatrix and one mma take a 16 × 16 tile. Group g (R = 16 features f0..f0+15):
+//  - up: h = act(W1[f0..] · x + b1) (gated: act(W0 · x) * (W1 · x)). The group's rows are the tile rows; warp w
+//    takes the 16-wide slices of D w, w + 16, ... with x as the B operand (every column the same x), and
+//    writes its 16 (gated 32) partial sums; after a barrier every warp adds the 16 warps' partials in the
+//    same order, so all warps hold the same h, rounded to T, and pass it to B by shuffles.
+//  - down: out[d] += Σ_f W2t[f][d] h[f], the stage read transposed (tile rows are 16 outputs d, columns the
+//    group's features); warp w owns output tiles w, w + 16, ... for the whole call, accumulating in
+//    registers, so the partial outputs reach shared memory once, at the end.
+// Rows past the end of a block's last group are garbage in the ring: their h is 0 and their weights are
+// masked to 0 before the down tile's mma (0 · NaN would not be 0).
 template <typename T, bool kGated>
+__device__ void mma_consumers(const Params& bp, const BulkRing& ring, const T* xs, float* out, float* parts,
+                              const unsigned char* slots, int64_t f_begin, int64_t f_end) {
+  const FfnParams& p = bp.f;
+  constexpr int R = kConsumerWarps, kUpRows = kGated ? 2 * R : R;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, q = lane & 3;
+  const int tiles = int(p.D / 16), stride = int(bp.row_stride);
+  const int groups = int((f_end - f_begin + R - 1) / R);
+  const T* bias = static_cast<const T*>(p.b1);
+  float acc[kMaxTiles][4] = {};
+  for (int g = 0; g < groups; ++g) {
+    const int64_t f0 = f_begin + int64_t(g) * R;
+    const int rows = int(std::min<int64_t>(R, f_end - f0));
+    float* part = parts + (g & 1) * kConsumerWarps * kUpRows;
+    ring.wait(2 * g);
+    const unsigned char* up = slots + size_t((2 * g) % bp.stages) * bp.stage_bytes;
+    float c0[4] = {}, c1[4] = {};
+    for (int s = warp; s < tiles; s += kConsumerWarps) {
+      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(xs + s * 16 + 2 * q);
+      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(xs + s * 16 + 2 * q + 8);
+      uint32_t a[4];
+      ldmatrix_x4<false>(a, a_tile_row<false>(up + s * 32, lane, stride));
+      mma_16816<T>(c0, a, b0, b1);
+      if constexpr (kGated) {
+        ldmatrix_x4<false>(a, a_tile_row<false>(up + R * stride + s * 32, lane, stride));
+        mma_16816<T>(c1, a, b0, b1);
+      }
+    }
+    if (q == 0) {
+      part[warp * kUpRows + gq] = c0[0];
+      part[warp * kUpRows + gq + 8] = c0[2];
+      if constexpr (kGated) {
+        part[warp * kUpRows + R + gq] = c1[0];
+        part[warp * kUpRows + R + gq + 8] = c1[2];
+      }
+    }
+    ring.release(2 * g);
+    // Every warp's partials of group g are written, and those of g - 1 (whose buffer g + 1 takes) read.
+    bar_sync(1, kConsumerWarps * 32);
+    float h = 0.0f;
+    if (lane < rows) {
+      float d0 = 0.0f, d1 = 0.0f;
+      for (int w = 0; w < kConsumerWarps; ++w) {
+        d0 += part[w * kUpRows + lane];
+        if constexpr (kGated) d1 += part[w * kUpRows + R + lane];
+      }
+      h = kGated ? activate(p.act, d0) * d1 : activate(p.act, d0 + (bias ? to_f32(bias[f0 + lane]) : 0.0f));
+    }
+    const T ht = from_f32<T>(h);
+    const unsigned bits = *reinterpret_cast<const uint16_t*>(&ht);
+    auto h_of = [&](int j) { return __shfl_sync(0xffffffffu, bits, j); };
+    const uint32_t b0 = h_of(2 * q) | h_of(2 * q + 1) << 16, b1 = h_of(2 * q + 8) | h_of(2 * q + 9) << 16;
+
+    ring.wait(2 * g + 1);
+    const unsigned char* down = slots + size_t((2 * g + 1) % bp.stages) * bp.stage_bytes;
+#pragma unroll
+    for (int i = 0; i < kMaxTiles; ++i) {
+      const int tile = warp + i * kConsumerWarps;
+      if (tile >= tiles) break;
+      uint32_t a[4];
+      ldmatrix_x4<true>(a, a_tile_row<true>(down + tile * 32, lane, stride));
+      if (rows < R) {  // a[0], a[1]: features 2q, 2q + 1; a[2], a[3]: 2q + 8, 2q + 9
+        a[0] = keep_halves(a[0], 2 * q < rows, 2 * q + 1 < rows);
+        a[1] = keep_halves(a[1], 2 * q < rows, 2 * q + 1 < rows);
+        a[2] = keep_halves(a[2], 2 * q + 8 < rows, 2 * q + 9 < rows);
+        a[3] = keep_halves(a[3], 2 * q + 8 < rows, 2 * q + 9 < rows);
+      }
+      mma_16816<T>(acc[i], a, b0, b1);
+    }
+    ring.release(2 * g + 1);
+  }
+  // Lane (gq, 0) holds outputs gq and gq + 8 of each of its warp's tiles (columns 2q, 2q + 1 are equal).
+#pragma unroll
+  for (int i = 0; i < kMaxTiles; ++i) {
+    const int tile = warp + i * kConsumerWarps;
+    if (tile < tiles && q == 0) {
+      out[tile * 16 + gq] = acc[i][0];
+      out[tile * 16 + gq + 8] = acc[i][2];
+    }
+  }
+  bar_sync(1, kConsumerWarps * 32);
+}
+
+template <typename T, bool kGated, bool kMma>
 __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   const FfnParams& p = bp.f;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -307,7 +421,16 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
     unsigned char* dst = slots + size_t(i % S) * bp.stage_bytes;
     const int64_t f = f_begin + int64_t(i / 2) * R;
     const unsigned bytes = unsigned(rows_of(i / 2) * row_bytes);
-    if (i % 2 == 0) {
+    if constexpr (kMma) {  // row by row, at bp.row_stride
+      const bool up = i % 2 == 0;
+      const char* src = (up ? W1 : W2) + f * row_bytes;
+      mbar_arrive_expect(bar, kGated && up ? 2 * bytes : bytes);
+      for (int r = 0; r < rows_of(i / 2); ++r) {
+        bulk_copy(dst + r * bp.row_stride, src + r * row_bytes, unsigned(row_bytes), bar);
+        if (kGated && up)
+          bulk_copy(dst + (R + r) * bp.row_stride, src + (F + r) * row_bytes, unsigned(row_bytes), bar);
+      }
+    } else if (i % 2 == 0) {
       mbar_arrive_expect(bar, kGated ? 2 * bytes : bytes);
       bulk_copy(dst, W1 + f * row_bytes, bytes, bar);
       if (kGated) bulk_copy(dst + R * row_bytes, W1 + (F + f) * row_bytes, bytes, bar);
@@ -329,6 +452,9 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
       for (int i = S; i < stages; ++i) ring.produce(i, fill);
   } else {
     const int t = threadIdx.x;
+    if constexpr (kMma) {
+      mma_consumers<T, kGated>(bp, ring, xs, out, hs, slots, f_begin, f_end);
+    } else {
     for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
 #pragma unroll
       for (int e = 0; e < V; ++e) out[v * V + e] = 0.0f;
@@ -377,6 +503,7 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
       }
       ring.release(2 * g + 1);
     }
+    }
     for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
 #pragma unroll
       for (int e = 0; e < V; e += 4)
@@ -386,26 +513,27 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
 }
 
 // Blocks of at least this many bytes of weights take the bulk form. Decode step, H100, against the register
-// form, same calls (bench/results/gpu_bulk_regression_h100_2026-11-26.txt): GPT-2 XL (41 MB a block) 2.14 vs
-// 2.31 ms, T5-3B (67 MB) 1.685 vs 1.710 ms; GPT-2 small (9.4 MB: 23 features a block, two groups, so the ring
-// never fills) 0.374 vs 0.317 ms (gpu_bulk_variants_h100_2026-11-26.txt). Medium, large and T5-large (17, 26
-// and 16 MB) were measured only with a slower build of this kernel and keep the register form.
-constexpr size_t kMinBytes = size_t(32) << 20;
+// form, same calls: GPT-2 XL (41 MB a block) 2.14 vs 2.31 ms, T5-3B (67 MB) 1.685 vs 1.710 ms
+// (bench/results/gpu_bulk_regression_h100_2026-11-26.txt); GPT-2 large (26 MB) 1.336 vs 1.387, medium (16 MiB)
+// 0.758 vs 0.796, T5-large (16 MiB) 0.862 vs 0.876 (gpu_variants_h100_2026-11-26_fifth.txt); GPT-2 small
+// (9.4 MB: 23 features a block, two groups, so the ring never fills) 0.374 vs 0.317 ms
+// (gpu_bulk_variants_h100_2026-11-26.txt).
+constexpr size_t kMinBytes = size_t(16) << 20;
 
 // On sm_90, for blocks of kMinBytes or more (KESTREL_FFN_BULK=1: any size, 0: never), where two stages fit
 // the GPU's shared memory.
-bool usable(int64_t D, int64_t F, size_t weight_bytes, bool gated) {
+bool usable(int64_t D, int64_t F, size_t weight_bytes, bool gated, bool h_f32) {
   static const EnvSwitch mode = env_switch("KESTREL_FFN_BULK");
   if (mode == EnvSwitch::Off || !hopper_or_later()) return false;
   const size_t bytes = size_t(D) * size_t(F) * (gated ? 3 : 2) * weight_bytes;
   if (mode != EnvSwitch::On && bytes < kMinBytes) return false;
-  return layout(D, weight_bytes, gated).total <= max_shared_bytes();
+  return layout(D, weight_bytes, gated, mma_usable(D, weight_bytes, h_f32)).total <= max_shared_bytes();
 }
 
-template <typename T, bool kGated>
-void launch(const FfnParams& p, cudaStream_t stream) {
-  auto* kernel = ffn_bulk_kernel<T, kGated>;
-  const Layout l = layout(p.D, sizeof(T), kGated);
+template <typename T, bool kGated, bool kMma>
+void launch_form(const FfnParams& p, cudaStream_t stream) {
+  auto* kernel = ffn_bulk_kernel<T, kGated, kMma>;
+  const Layout l = layout(p.D, sizeof(T), kGated, kMma);
   static size_t allowed = 0;
   allow_shared_memory(kernel, l.total, allowed, "ffn_bulk");
   static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
@@ -417,8 +545,17 @@ void launch(const FfnParams& p, cudaStream_t stream) {
             unsigned(l.x_at),
             unsigned(l.out_at),
             unsigned(l.h_at),
-            unsigned(l.ring_at)};
+            unsigned(l.ring_at),
+            unsigned(l.row_stride)};
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), l.total, stream, bp);
+}
+
+template <typename T, bool kGated>
+void launch(const FfnParams& p, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    if (mma_usable(p.D, sizeof(T), p.h_f32)) return launch_form<T, kGated, true>(p, stream);
+  }
+  launch_form<T, kGated, false>(p, stream);
 }
 
 }  // namespace bulk
@@ -453,7 +590,7 @@ void ffn(const FfnArgs& a, Stream stream) {
               a.counter};
   dispatch_dtype(a.wt, [&](auto w) {
     using T = decltype(w);
-    if (bulk::usable(a.D, a.F, sizeof(T), a.gated))
+    if (bulk::usable(a.D, a.F, sizeof(T), a.gated, p.h_f32))
       a.gated ? bulk::launch<T, true>(p, stream) : bulk::launch<T, false>(p, stream);
     else
       a.gated ? launch<T, true>(p, stream) : launch<T, false>(p, stream);
