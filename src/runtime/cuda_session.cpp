@@ -150,8 +150,7 @@ struct CudaSession::Impl {
   float* gate_scratch = nullptr;
   float* partials = nullptr;
   int* split_counters = nullptr;
-  float* ffn_acc = nullptr;  // ffn()'s cross-block sum (zero between calls) and its counter
-  unsigned* ffn_counter = nullptr;
+  unsigned long long* ffn_staged = nullptr;  // ffn()'s counter of blocks that have staged their input
   // Device-side token choice: the uploaded block (CudaSession::choice_block_bytes), its pinned host staging,
   // and max_batch rows of scores to process.
   char* choice_dev = nullptr;
@@ -404,7 +403,7 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
       const size_t bytes = size_t(D) * size_t(F) * (up.gated ? 3 : 2) * dtype_size(wt);
       if (ffn_mode != EnvSwitch::On && bytes < kFfnKernelMinBytes) continue;
       in_out_weights_.insert(w_down);
-      ffn_width_ = std::max(ffn_width_, D);
+      ffn_kernel_ = true;
     }
   }
 }
@@ -461,8 +460,7 @@ void CudaSession::plan_memory(size_t weight_bytes) {
       2 * size_t(plan_.self_slots + plan_.cross_slots) * align_up(size_t(max_batch_) * cache_row);
   const size_t partials = size_t(max_batch_ * heads_ * kMaxSplits * (head_dim_ + 2)) * 4;
   const size_t counters = size_t(max_batch_ * heads_) * 4;
-  // ffn(): an fp32 accumulator of the widest block's outputs, and its counter
-  const size_t ffn_bytes = ffn_width_ > 0 ? size_t(ffn_width_ + 4) * 4 : 0;
+  const size_t ffn_bytes = ffn_kernel_ ? sizeof(unsigned long long) : 0;  // ffn()'s counter
   size_t luts = 0;
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops)
@@ -505,9 +503,8 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   impl_->split_counters = static_cast<int*>(impl_->carve(counters));
   check(cudaMemset(impl_->split_counters, 0, counters), "clearing attention split counters");
   if (ffn_bytes) {
-    impl_->ffn_acc = static_cast<float*>(impl_->carve(ffn_bytes));
-    impl_->ffn_counter = reinterpret_cast<unsigned*>(impl_->ffn_acc + ffn_width_);
-    check(cudaMemset(impl_->ffn_acc, 0, ffn_bytes), "clearing the feed-forward accumulator");
+    impl_->ffn_staged = static_cast<unsigned long long*>(impl_->carve(ffn_bytes));
+    check(cudaMemset(impl_->ffn_staged, 0, ffn_bytes), "clearing the feed-forward counter");
   }
   impl_->meta_dev = static_cast<int32_t*>(impl_->carve(size_t(impl_->meta.total) * 4));
   impl_->ids_dev = static_cast<int32_t*>(impl_->carve(size_t(max_batch_) * 4));
@@ -1166,8 +1163,7 @@ size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i) {
   a.ht = buffer(up.out).dtype;
   a.W2t = down.w[0];
   a.b2 = down.w.size() > 1 ? static_cast<const float*>(down.w[1]) : nullptr;
-  a.acc = impl_->ffn_acc;
-  a.counter = impl_->ffn_counter;
+  a.staged = impl_->ffn_staged;
   buffer(norm.out).rows = 1;
   buffer(up.out).rows = 1;
   cuda::ffn(a, impl_->stream);

@@ -225,7 +225,7 @@ class CudaSession final : public Session {
   std::map<std::string, const void*> weight_ptr_;
   std::map<std::string, DType> weight_dtype_;
   std::set<std::string> in_out_weights_;  // uploaded transposed (read by ffn() and fused_attention())
-  int64_t ffn_width_ = 0;                 // the widest of those blocks' outputs
+  bool ffn_kernel_ = false;               // some feed-forward block runs as one ffn() kernel
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
   std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;

@@ -9,10 +9,9 @@
 // stream of chunks (W1 rows for a pair of features, then their W2t rows, then the next pair's), the next
 // chunk in flight while one is used, across every boundary, so the memory never waits for a phase to end.
 //
-// The partial outputs of a block's warps are summed in shared memory and added to an fp32 accumulator with
-// vector atomics (one per four outputs and block); the last block to finish (a counter) adds the
-// accumulator and b2 to the residual row and clears both for the next call. Summation order across blocks
-// therefore varies from run to run, in the last bits of fp32 only. The session uses it for blocks of at least
+// The partial outputs of a block's warps are summed in shared memory and added to the residual row with
+// vector atomics (one per four outputs and block), once every block has staged its input (arrive_staged).
+// Summation order across blocks therefore varies from run to run, in the last bits of fp32 only. The session uses it for blocks of at least
 // 8 MiB of weights (runtime/cuda_session.cpp, plan_ffn_blocks; measurements in NOTES.md).
 #include <algorithm>
 
@@ -46,8 +45,7 @@ struct FfnParams {
   Act act;
   bool h_f32;  // h stays fp32; otherwise it is rounded to the weight dtype, as the unfused plan stores it
   float* x;
-  float* acc;
-  unsigned* counter;
+  unsigned long long* staged;  // FfnArgs::staged
 };
 
 // The staged input row's bytes, rounded up to 16 so the partial outputs after it stay float4-aligned.
@@ -55,23 +53,47 @@ __host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes)
   return (size_t(D) * weight_bytes + 15) / 16 * 16;
 }
 
-// After every block has added its partial outputs to p.acc: the last block to finish (a counter) adds the
-// accumulator (and b2) to the residual row, then clears both for the next call. Every block read x while
-// staging, before it counted itself in, so nothing reads x after this write. All threads of the block call
-// it.
-__device__ void finish_rows(const FfnParams& p) {
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(p.counter, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int64_t d = threadIdx.x; d < p.D; d += blockDim.x) {
-    p.x[d] += __ldcg(p.acc + d) + (p.b2 ? p.b2[d] : 0.0f);
-    p.acc[d] = 0.0f;
+// Every block reads the residual row x while it stages its input and adds its partial outputs into the same
+// row at the end, so no block may add before every block has staged. (Until 2026-11-26 blocks added into an
+// accumulator and the last block to finish, found with a counter, added that to x and cleared it: a chain of
+// fence, counter, reads and writes after the last block's work that cost GPT-2 XL's decode step 4.5 % and
+// small's 7 %, bench/results/gpu_ffn_tail_h100_2026-11-26.txt.) One 64-bit counter, shared by the session's
+// ffn() calls (run one after another), says when: every call adds exactly kStagedCall to it, block 0
+// kStagedCall - (blocks - 1) and every other block 1, each as soon as its input is staged. So the count any
+// block of a call sees when it arrives rounds down to the call's starting count, and every block has staged
+// when the count reaches the next multiple of kStagedCall: any grid size, no reset, 2^44 calls before it wraps.
+// A block arrives (one thread, after the __syncthreads that ends its staging) with arrive_staged(), which
+// returns that target; the round trip's result is needed only at the end, in wait_staged().
+constexpr unsigned long long kStagedCall = 1ull << 20;
+
+__device__ __forceinline__ unsigned long long arrive_staged(unsigned long long* staged) {
+  const unsigned long long add = blockIdx.x == 0 ? kStagedCall - (gridDim.x - 1) : 1;
+  unsigned long long before;
+  asm volatile("atom.release.gpu.global.add.u64 %0, [%1], %2;" : "=l"(before) : "l"(staged), "l"(add) : "memory");
+  return (before / kStagedCall + 1) * kStagedCall;
+}
+
+__device__ __forceinline__ void wait_staged(const unsigned long long* staged, unsigned long long target) {
+  unsigned long long count;
+  do
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(count) : "l"(staged) : "memory");
+  while (count < target);
+}
+
+// x[d] += the block's partial output sums[d] (and b2, once: block 0), one vector atomic per four outputs. The
+// whole block calls it, after a __syncthreads() that follows wait_staged().
+__device__ __forceinline__ void add_to_residual(const FfnParams& p, const float* sums) {
+  const bool bias = blockIdx.x == 0 && p.b2;
+  for (int64_t d = int64_t(threadIdx.x) * 4; d < p.D; d += int64_t(blockDim.x) * 4) {
+    float4 v = *reinterpret_cast<const float4*>(sums + d);
+    if (bias) {
+      v.x += p.b2[d];
+      v.y += p.b2[d + 1];
+      v.z += p.b2[d + 2];
+      v.w += p.b2[d + 3];
+    }
+    atomic_add4(p.x + d, v);
   }
-  if (threadIdx.x == 0) *p.counter = 0;
 }
 
 // Warp w of the grid owns hidden features w, w + S, w + 2S, ... (S = warps in the grid), two at a time
@@ -112,6 +134,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
   pdl_wait();
   pdl_trigger();
   stage_rows<T, float, 1, kThreads>(p.in, reinterpret_cast<T*>(smem));
+  const unsigned long long all_staged = threadIdx.x == 0 ? arrive_staged(p.staged) : 0;
   const uint4* xv = smem;
   const T* bias_t = static_cast<const T*>(p.b1);
   const float* bias_f = static_cast<const float*>(p.b1);
@@ -201,22 +224,23 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
     }
   }
 
-  // The block's warps' partial outputs summed, then one vector atomic per four outputs.
+  // The block's warps' partial outputs summed into warp 0's row, then added to x.
   __syncthreads();
   for (int64_t d = int64_t(threadIdx.x) * 4; d < D; d += kThreads * 4) {
-    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 sum = *reinterpret_cast<const float4*>(part + d);
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
+    for (int w = 1; w < kWarps; ++w) {
       const float4 v = *reinterpret_cast<const float4*>(part + w * D + d);
       sum.x += v.x;
       sum.y += v.y;
       sum.z += v.z;
       sum.w += v.w;
     }
-    atomic_add4(p.acc + d, sum);
+    *reinterpret_cast<float4*>(part + d) = sum;
   }
-
-  finish_rows(p);
+  if (threadIdx.x == 0) wait_staged(p.staged, all_staged);
+  __syncthreads();
+  add_to_residual(p, part);
 }
 
 // Shared memory: the staged input row, then kWarps rows of fp32 partial outputs.
@@ -249,7 +273,9 @@ void launch(const FfnParams& p, cudaStream_t stream) {
 // by shared memory (kBulkRingBytes) instead of registers, and the weight stream runs on through the up/down
 // boundaries. 16 consumer warps (kBulkConsumerWarps): in an up stage each warp dots one row pair with the
 // staged input and writes h; in a down stage each thread adds h · W2t into the output vectors it owns (fp32
-// in shared memory, no atomics), which at the end go to p.acc with vector atomics like the kernel above.
+// in shared memory, no atomics), which at the end go to x with vector atomics like the kernel above (with
+// tensor cores: mma_consumers). The producer arrives on the staged counter and waits on it, off the
+// consumers' path.
 namespace bulk {
 
 constexpr int kConsumerWarps = kBulkConsumerWarps;
@@ -393,7 +419,6 @@ __device__ void mma_consumers(const Params& bp, const BulkRing& ring, const T* x
       out[tile * 16 + gq + 8] = acc[i][2];
     }
   }
-  bar_sync(1, kConsumerWarps * 32);
 }
 
 template <typename T, bool kGated, bool kMma>
@@ -448,8 +473,11 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   stage_rows<T, float, 1, kThreads>(p.in, xs);
 
   if (warp == kConsumerWarps) {
-    if (producer)
+    if (producer) {
+      const unsigned long long all_staged = arrive_staged(p.staged);
       for (int i = S; i < stages; ++i) ring.produce(i, fill);
+      wait_staged(p.staged, all_staged);
+    }
   } else {
     const int t = threadIdx.x;
     if constexpr (kMma) {
@@ -504,12 +532,9 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
       ring.release(2 * g + 1);
     }
     }
-    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
-#pragma unroll
-      for (int e = 0; e < V; e += 4)
-        atomic_add4(p.acc + v * V + e, *reinterpret_cast<const float4*>(out + v * V + e));
   }
-  finish_rows(p);
+  __syncthreads();  // the partial outputs are complete, and every block has staged (the producer waited)
+  add_to_residual(p, out);
 }
 
 // Blocks of at least this many bytes of weights take the bulk form. Decode step, H100, against the register
@@ -574,7 +599,7 @@ void ffn(const FfnArgs& a, Stream stream) {
   if (a.in.xt != DType::F32 || a.in.rows) internal_error("ffn: the input must be one fp32 residual row");
   if (a.ht != DType::F32 && a.ht != a.wt)
     internal_error("ffn: the hidden dtype is neither fp32 nor the weights'");
-  if (!aligned16(a.W1) || !aligned16(a.W2t) || !aligned16(a.in.x) || !aligned16(a.acc))
+  if (!aligned16(a.W1) || !aligned16(a.W2t) || !aligned16(a.in.x) || !a.staged)
     internal_error("ffn: operands not 16-byte aligned");
   FfnParams p{RowInput{a.in.x, nullptr, a.in.gamma, a.in.beta, a.in.rms, a.in.eps, a.in.out_scale, 1, a.D},
               a.D,
@@ -586,8 +611,7 @@ void ffn(const FfnArgs& a, Stream stream) {
               a.act,
               a.ht == DType::F32,
               static_cast<float*>(const_cast<void*>(a.in.x)),
-              a.acc,
-              a.counter};
+              a.staged};
   dispatch_dtype(a.wt, [&](auto w) {
     using T = decltype(w);
     if (bulk::usable(a.D, a.F, sizeof(T), a.gated, p.h_f32))
