@@ -260,6 +260,7 @@ void launch(const FfnParams& p, cudaStream_t stream) {
   const int64_t units = kGated ? p.F : (p.F + 1) / 2;  // feature pairs (gated: features)
   // KESTREL_FFN_BLOCKS=n: a grid of n blocks (tuning experiments)
   static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
+  // At most what is resident at once: every block waits for all to have staged (arrive_staged).
   const int64_t blocks = std::clamp<int64_t>(forced > 0 ? forced : (units + kWarps - 1) / kWarps, 1,
                                              int64_t(std::max(per_sm, 1)) * sms);
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
@@ -561,8 +562,12 @@ void launch_form(const FfnParams& p, cudaStream_t stream) {
   const Layout l = layout(p.D, sizeof(T), kGated, kMma);
   static size_t allowed = 0;
   allow_shared_memory(kernel, l.total, allowed, "ffn_bulk");
+  // Every block must be resident at once (each waits for all to have staged: arrive_staged).
+  int per_sm = 0;
+  check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, l.total)), "ffn_bulk");
   static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
-  const int64_t blocks = std::clamp<int64_t>(forced > 0 ? forced : sm_count(), 1, p.F);
+  const int64_t blocks = std::clamp<int64_t>(std::min<int64_t>(forced > 0 ? forced : sm_count(), p.F), 1,
+                                             int64_t(std::max(per_sm, 1)) * sm_count());
   Params bp{p,
             l.group,
             l.stages,
