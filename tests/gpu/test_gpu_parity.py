@@ -202,8 +202,9 @@ def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision, variant
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated"])
 def test_bulk_gemv_matches_register_gemv(models, tmp_path, arch, precision):
-    """The bulk-copy GEMV of one-row linears (kernels/cuda/gemv_bulk.cu, opt-in with KESTREL_GEMV_BULK=1: QKV,
-    cross-attention query, LM head with the final norm and the gather) against gemv.cu's, and in fp32 against
+    """The bulk-copy GEMV of one-row linears (kernels/cuda/gemv_bulk.cu, by default only for long 16-bit rows
+    whose block share fits its ring, forced here with KESTREL_GEMV_BULK=1: QKV, cross-attention query, LM head
+    with the final norm and the gather) against gemv.cu's (KESTREL_GEMV_BULK=0), and in fp32 against
     transformers' greedy."""
     decodes_agree(models, tmp_path, arch, precision, 32, "gemv_bulk", {"KESTREL_GEMV_BULK": "1"},
                   {"KESTREL_GEMV_BULK": "0"})

@@ -1,7 +1,7 @@
 // Single-row GEMV whose weights arrive by bulk copy (sm_90's Tensor Memory Accelerator) into a ring of
-// shared-memory stages, for decode-step linear layers. Opt-in (KESTREL_GEMV_BULK=1): on an H100 it is still
-// 3-5 % slower than gemv.cu's register GEMV (src/kernels/cuda/NOTES.md); ffn.cu's bulk form, built the same
-// way, is the default for large feed-forward blocks.
+// shared-memory stages, for decode-step linear layers. The default only where it measured faster than
+// gemv.cu's register GEMV (gemv_bulk_supported(): GPT-2 XL's QKV); KESTREL_GEMV_BULK=1 everywhere it can,
+// 0 never. ffn.cu's bulk form, built the same way, is the default for large feed-forward blocks.
 //
 // Why: gemv.cu's warps load weights into registers, so what a block has in flight is bounded by its
 // registers, and its blocks fill the SM: the next kernel cannot become resident until they end, and the
@@ -31,6 +31,7 @@ constexpr int kThreads = (kConsumerWarps + 1) * 32;  // and one more warp, whose
 constexpr int kMaxStages = 8;
 constexpr int kStageRegs = 16;  // input rows of up to 16 * kThreads elements are normalised from registers
 constexpr size_t kBarrierBytes = 2 * kMaxStages * sizeof(uint64_t);
+constexpr int64_t kMinDefaultK = 1536;  // gemv_bulk_supported()
 
 struct BulkParams {
   RowInput in;    // one row of K elements
@@ -141,12 +142,23 @@ size_t bulk_ring_bytes() {
 }
 
 bool gemv_bulk_supported(int64_t K, int64_t N, DType wt, const void* W) {
-  // Opt-in (KESTREL_GEMV_BULK=1): slower than gemv.cu so far (NOTES.md).
-  static const bool on = env_switch("KESTREL_GEMV_BULK") == EnvSwitch::On && hopper_or_later();
-  if (!on || (wt != DType::F32 && wt != DType::F16 && wt != DType::BF16)) return false;
+  static const EnvSwitch mode = env_switch("KESTREL_GEMV_BULK");
+  if (mode == EnvSwitch::Off || !hopper_or_later()) return false;
+  if (wt != DType::F32 && wt != DType::F16 && wt != DType::BF16) return false;
   const size_t row_bytes = size_t(K) * dtype_size(wt);
-  return K > 0 && N > 0 && row_bytes % 16 == 0 && aligned16(W) &&
-         plan(K, dtype_size(wt)).smem <= max_shared_bytes();
+  if (K <= 0 || N <= 0 || row_bytes % 16 != 0 || !aligned16(W)) return false;
+  const Plan pl = plan(K, dtype_size(wt));
+  if (pl.smem > max_shared_bytes()) return false;
+  if (mode == EnvSwitch::On) return true;
+  // By default only for 16-bit rows of at least kMinDefaultK inputs whose block share fits the ring (all of
+  // it requested before pdl_wait()). Decode step, H100, same calls, every GEMV that fits in bulk form against
+  // none (bench/results/gpu_gemv_bulk_default_h100_2026-11-26.txt): GPT-2 XL (K = 1600: QKV) 1.915-1.932 ms
+  // against 1.982-1.988, but GPT-2 small (K = 768) 0.338 against 0.294, T5-large (K = 1024) 0.816-0.820
+  // against 0.752-0.756 and T5-3B (K = 1024: its cross-attention query; its QKV does not fit) 1.665-1.685
+  // against 1.597-1.607. Why the row length decides is not understood yet (sizes between are not measured).
+  const int64_t rows = (N + sm_count() - 1) / sm_count();
+  return K >= kMinDefaultK && dtype_size(wt) == 2 &&
+         (rows + pl.rows_per_stage - 1) / pl.rows_per_stage <= pl.stages;
 }
 
 void gemv_bulk(const LinearInput& in, int64_t K, const void* W, DType wt, int64_t N, const void* bias,

@@ -5,8 +5,9 @@
 
 namespace kestrel::cuda {
 
-// True when gemv_bulk() takes a single-row linear with K inputs, N outputs and weights W of dtype wt; only
-// with KESTREL_GEMV_BULK=1 (opt-in: slower than gemv.cu so far, NOTES.md).
+// True when gemv_bulk() takes a single-row linear with K inputs, N outputs and weights W of dtype wt: by
+// default for 16-bit rows of 1,536 inputs or more whose block share fits its ring (KESTREL_GEMV_BULK=1:
+// wherever it can, 0: never).
 bool gemv_bulk_supported(int64_t K, int64_t N, DType wt, const void* W);
 
 // The bulk-copy kernels (gemv_bulk.cu, ffn.cu): consumer warps a block and the bytes of its ring of stages.
