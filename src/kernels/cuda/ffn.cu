@@ -11,8 +11,9 @@
 //
 // The partial outputs of a block's warps are summed in shared memory and added to the residual row with
 // vector atomics (one per four outputs and block), once every block has staged its input (arrive_staged).
-// Summation order across blocks therefore varies from run to run, in the last bits of fp32 only. The session uses it for blocks of at least
-// 8 MiB of weights (runtime/cuda_session.cpp, plan_ffn_blocks; measurements in NOTES.md).
+// Summation order across blocks therefore varies from run to run, in the last bits of fp32 only. The session
+// uses it for blocks of at least 8 MiB of weights (runtime/cuda_session.cpp, plan_ffn_blocks; measurements in
+// NOTES.md).
 #include <algorithm>
 
 #include "kernels/cuda/device_math.cuh"
@@ -329,8 +330,8 @@ bool mma_usable(int64_t D, size_t weight_bytes, bool h_f32) {
 }
 
 // The consumer warps of ffn_bulk_kernel with tensor cores (kMma). A 16-bit weight vector costs the FMA loops a
-// shared-memory load, eight conversions and eight FMAs, and those, not the copies, bounded the kernel
-// (NOTES.md); here one ldmatrix and one mma take a 16 × 16 tile. Group g (R = 16 features f0..f0+15):
+// shared-memory load, eight conversions and eight FMAs (what bounded this kernel's first versions, NOTES.md);
+// here one ldmatrix and one mma take a 16 × 16 tile. Group g (R = 16 features f0..f0+15):
 //  - up: h = act(W1[f0..] · x + b1) (gated: act(W0 · x) * (W1 · x)). The group's rows are the tile rows; warp w
 //    takes the 16-wide slices of D w, w + 16, ... with x as the B operand (every column the same x), and
 //    writes its 16 (gated 32) partial sums; after a barrier every warp adds the 16 warps' partials in the
