@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call: GPU parity suite, compute-sanitizer memcheck on a short generation of each model type, and the
-# GPU benchmark, using a build made beforehand (carry it):
+# One device call: GPU parity suite, compute-sanitizer memcheck (and racecheck, synccheck of the bulk-copy
+# kernels) on a short generation of each model type, and the GPU benchmark, using a build made beforehand
+# (carry it):
 #   tests/gpu/run_all.sh BUILD_DIR OUT_DIR [gpu_bench.py arguments, default: --models gpt2-small,gpt2-xl]
 # Everything lands under OUT_DIR as few files: parity.log, parity.jsonl, memcheck.log, bench.log, bench.json.
 # SKIP=parity,memcheck,cli,bench leaves stages out (e.g. a benchmark-only call).
@@ -58,6 +59,14 @@ for m in gpt2 t5; do
       rc=$?; echo "memcheck $m ${choice%%|*} rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
     done
   fi
+  # Shared-memory races and barrier misuse in the kernels that split a block into roles (bulk-copy producer and
+  # consumers, named barriers between them): the bulk FFN (tensor-core consumers in fp16) and the bulk GEMV.
+  for tool in racecheck synccheck; do
+    KESTREL_FFN_KERNEL=1 KESTREL_FFN_BULK=1 KESTREL_GEMV_BULK=1 timeout 240 compute-sanitizer --tool $tool \
+      --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" --model "$MC/$m" --device cuda --precision fp16 \
+      --prompts "$MC/p.json" --new-tokens 3 --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
+    rc=$?; echo "$tool $m fp16 ffn=1 gemv_bulk=1 rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
+  done
 done
 fi
 
