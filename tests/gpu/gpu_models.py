@@ -11,20 +11,22 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
 
-def small_gpt2(path: pathlib.Path, seed: int = 0, n_inner=None) -> pathlib.Path:
+def small_gpt2(path: pathlib.Path, seed: int = 0, n_inner=None, n_embd: int = 128, n_head: int = 4,
+               n_layer: int = 3) -> pathlib.Path:
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=512, n_positions=512, n_embd=128, n_layer=3, n_head=4, initializer_range=0.15,
-                     bos_token_id=511, eos_token_id=511, n_inner=n_inner)
+    cfg = GPT2Config(vocab_size=512, n_positions=512, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     initializer_range=0.15, bos_token_id=511, eos_token_id=511, n_inner=n_inner)
     GPT2LMHeadModel(cfg).eval().save_pretrained(path)
     return path
 
 
 def small_t5(path: pathlib.Path, seed: int = 0, gated: bool = False, ffn_scale: float = 1.0,
-             hidden_scale: float = 1.0, d_ff: int = 256) -> pathlib.Path:
+             hidden_scale: float = 1.0, d_ff: int = 256, d_model: int = 128, num_heads: int = 4) -> pathlib.Path:
     """ffn_scale > 1 multiplies every wo weight so the FFN outputs leave the fp16 range (real T5 does this);
     hidden_scale > 1 multiplies wi (gated: wi_1) so the FFN's hidden activations, wo's input, leave it."""
     torch.manual_seed(seed)
-    cfg = T5Config(vocab_size=384, d_model=128, d_kv=32, d_ff=d_ff, num_layers=2, num_decoder_layers=2, num_heads=4,
+    cfg = T5Config(vocab_size=384, d_model=d_model, d_kv=32, d_ff=d_ff, num_layers=2, num_decoder_layers=2,
+                   num_heads=num_heads,
                    relative_attention_num_buckets=32, relative_attention_max_distance=64,
                    feed_forward_proj="gated-gelu" if gated else "relu", decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
                    tie_word_embeddings=not gated)

@@ -99,6 +99,12 @@ def models(tmp_path_factory):
         # each row over a block's warps (gemv_tall_kernel).
         "gpt2_tall": gpu_models.small_gpt2(d / "gpt2_tall", seed=4, n_inner=4096),
         "t5_tall": gpu_models.small_t5(d / "t5_tall", seed=5, d_ff=4096),
+        # Real model widths (GPT-2 XL's 1600, flan-t5-large's 1024 with a gated FFN of 2816), two layers: the
+        # one-row FFN kernels' tensor-core consumers hold several output tiles a warp and a block's last group of
+        # features is partial (ffn.cu, mma_consumers).
+        "gpt2_xl_width": gpu_models.small_gpt2(d / "gpt2_xl_width", seed=6, n_embd=1600, n_head=25, n_layer=2),
+        "t5_gated_large_width": gpu_models.small_t5(d / "t5_gated_large_width", seed=7, gated=True, d_model=1024,
+                                                    num_heads=16, d_ff=2816),
     }
 
 
@@ -186,7 +192,7 @@ def decodes_agree(models, tmp_path, arch, precision, n, test, variant_env, basel
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall"])
+@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall", "gpt2_xl_width", "t5_gated_large_width"])
 @pytest.mark.parametrize("variant", ["bulk", "bulk_fma", "registers"])
 def test_ffn_kernel_matches_two_gemvs(models, tmp_path, arch, precision, variant):
     """The one-kernel feed-forward block of one-row forwards (kernels/cuda/ffn.cu; by default only for large
