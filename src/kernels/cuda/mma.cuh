@@ -66,12 +66,6 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two 16-bit values in one register, `lo` in the lower half (the operand layout above).
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(T lo, T hi) {
-  return uint32_t(*reinterpret_cast<const uint16_t*>(&lo)) | uint32_t(*reinterpret_cast<const uint16_t*>(&hi)) << 16;
-}
-
 // Keeps the lower / upper 16-bit half of v only where keep_lo / keep_hi (zeroes the others).
 __device__ __forceinline__ uint32_t keep_halves(uint32_t v, bool keep_lo, bool keep_hi) {
   return v & ((keep_lo ? 0x0000ffffu : 0u) | (keep_hi ? 0xffff0000u : 0u));
