@@ -62,22 +62,24 @@ __host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes)
 // ffn() calls (run one after another), says when: every call adds exactly kStagedCall to it, block 0
 // kStagedCall - (blocks - 1) and every other block 1, each as soon as its input is staged. So the count any
 // block of a call sees when it arrives rounds down to the call's starting count, and every block has staged
-// when the count reaches the next multiple of kStagedCall: any grid size, no reset, 2^44 calls before it wraps.
-// A block arrives (one thread, after the __syncthreads that ends its staging) with arrive_staged(), which
-// returns that target; the round trip's result is needed only at the end, in wait_staged().
+// when the count reaches the next multiple of kStagedCall: any grid size, no reset, 2^44 calls before it
+// wraps. A block arrives (one thread, after the __syncthreads that ends its staging) with arrive_staged(),
+// which returns that target; the round trip's result is needed only at the end, in wait_staged().
 constexpr unsigned long long kStagedCall = 1ull << 20;
 
 __device__ __forceinline__ unsigned long long arrive_staged(unsigned long long* staged) {
   const unsigned long long add = blockIdx.x == 0 ? kStagedCall - (gridDim.x - 1) : 1;
   unsigned long long before;
-  asm volatile("atom.release.gpu.global.add.u64 %0, [%1], %2;" : "=l"(before) : "l"(staged), "l"(add) : "memory");
+  asm volatile("atom.release.gpu.global.add.u64 %0, [%1], %2;"
+               : "=l"(before)
+               : "l"(staged), "l"(add)
+               : "memory");
   return (before / kStagedCall + 1) * kStagedCall;
 }
 
 __device__ __forceinline__ void wait_staged(const unsigned long long* staged, unsigned long long target) {
   unsigned long long count;
-  do
-    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(count) : "l"(staged) : "memory");
+  do asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(count) : "l"(staged) : "memory");
   while (count < target);
 }
 
@@ -329,10 +331,11 @@ bool mma_usable(int64_t D, size_t weight_bytes, bool h_f32) {
          D <= int64_t(16) * kConsumerWarps * kMaxTiles;
 }
 
-// The consumer warps of ffn_bulk_kernel with tensor cores (kMma). A 16-bit weight vector costs the FMA loops a
-// shared-memory load, eight conversions and eight FMAs (what bounded this kernel's first versions, NOTES.md);
-// here one ldmatrix and one mma take a 16 × 16 tile. Group g (R = 16 features f0..f0+15):
-//  - up: h = act(W1[f0..] · x + b1) (gated: act(W0 · x) * (W1 · x)). The group's rows are the tile rows; warp w
+// The consumer warps of ffn_bulk_kernel with tensor cores (kMma). A 16-bit weight vector costs the FMA loops
+// a shared-memory load, eight conversions and eight FMAs (what bounded this kernel's first versions,
+// NOTES.md); here one ldmatrix and one mma take a 16 × 16 tile. Group g (R = 16 features f0..f0+15):
+//  - up: h = act(W1[f0..] · x + b1) (gated: act(W0 · x) * (W1 · x)). The group's rows are the tile rows; warp
+//  w
 //    takes the 16-wide slices of D w, w + 16, ... with x as the B operand (every column the same x), and
 //    writes its 16 (gated 32) partial sums; after a barrier every warp adds the 16 warps' partials in the
 //    same order, so all warps hold the same h, rounded to T, and pass it to B by shuffles.
@@ -485,54 +488,54 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
     if constexpr (kMma) {
       mma_consumers<T, kGated>(bp, ring, xs, out, hs, slots, f_begin, f_end);
     } else {
-    for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
+      for (int64_t v = t; v < nvec; v += kConsumerWarps * 32)
 #pragma unroll
-      for (int e = 0; e < V; ++e) out[v * V + e] = 0.0f;
-    const uint4* xv = reinterpret_cast<const uint4*>(xs);
-    const T* bias_t = static_cast<const T*>(p.b1);
-    const float* bias_f = static_cast<const float*>(p.b1);
-    auto dot = [&](const uint4* w) { return warp_sum(dot_row<T>(w, xv, nvec)); };
-    auto stage_at = [&](int i) {
-      ring.wait(i);
-      return reinterpret_cast<const uint4*>(slots + size_t(i % S) * bp.stage_bytes);
-    };
-    for (int g = 0; g < groups; ++g) {
-      const int64_t f0 = f_begin + int64_t(g) * R;
-      const int rows = rows_of(g);
-      float* h = hs + (g & 1) * kConsumerWarps;
-      const uint4* up = stage_at(2 * g);
-      for (int j = warp; j < rows; j += kConsumerWarps) {
-        const float d0 = dot(up + j * nvec);
-        float hj;
-        if (kGated) {
-          hj = activate(p.act, d0) * dot(up + (R + j) * nvec);
-        } else {
-          const int64_t f = f0 + j;
-          hj = activate(p.act, d0 + (!p.b1 ? 0.0f : p.h_f32 ? bias_f[f] : to_f32(bias_t[f])));
+        for (int e = 0; e < V; ++e) out[v * V + e] = 0.0f;
+      const uint4* xv = reinterpret_cast<const uint4*>(xs);
+      const T* bias_t = static_cast<const T*>(p.b1);
+      const float* bias_f = static_cast<const float*>(p.b1);
+      auto dot = [&](const uint4* w) { return warp_sum(dot_row<T>(w, xv, nvec)); };
+      auto stage_at = [&](int i) {
+        ring.wait(i);
+        return reinterpret_cast<const uint4*>(slots + size_t(i % S) * bp.stage_bytes);
+      };
+      for (int g = 0; g < groups; ++g) {
+        const int64_t f0 = f_begin + int64_t(g) * R;
+        const int rows = rows_of(g);
+        float* h = hs + (g & 1) * kConsumerWarps;
+        const uint4* up = stage_at(2 * g);
+        for (int j = warp; j < rows; j += kConsumerWarps) {
+          const float d0 = dot(up + j * nvec);
+          float hj;
+          if (kGated) {
+            hj = activate(p.act, d0) * dot(up + (R + j) * nvec);
+          } else {
+            const int64_t f = f0 + j;
+            hj = activate(p.act, d0 + (!p.b1 ? 0.0f : p.h_f32 ? bias_f[f] : to_f32(bias_t[f])));
+          }
+          if (!p.h_f32) hj = to_f32(from_f32<T>(hj));
+          if (lane == 0) h[j] = hj;
         }
-        if (!p.h_f32) hj = to_f32(from_f32<T>(hj));
-        if (lane == 0) h[j] = hj;
-      }
-      ring.release(2 * g);
-      // h of group g is complete, and h of g - 1 (whose buffer group g + 1 takes) read by every warp
-      bar_sync(1, kConsumerWarps * 32);
-      const uint4* down = stage_at(2 * g + 1);
-      for (int64_t v = t; v < nvec; v += kConsumerWarps * 32) {
-        float acc[V];
+        ring.release(2 * g);
+        // h of group g is complete, and h of g - 1 (whose buffer group g + 1 takes) read by every warp
+        bar_sync(1, kConsumerWarps * 32);
+        const uint4* down = stage_at(2 * g + 1);
+        for (int64_t v = t; v < nvec; v += kConsumerWarps * 32) {
+          float acc[V];
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[e] = out[v * V + e];
-        for (int j = 0; j < rows; ++j) {
-          float w[V];
-          widen<T>(down[j * nvec + v], w);
-          const float hj = h[j];
+          for (int e = 0; e < V; ++e) acc[e] = out[v * V + e];
+          for (int j = 0; j < rows; ++j) {
+            float w[V];
+            widen<T>(down[j * nvec + v], w);
+            const float hj = h[j];
 #pragma unroll
-          for (int e = 0; e < V; ++e) acc[e] += hj * w[e];
+            for (int e = 0; e < V; ++e) acc[e] += hj * w[e];
+          }
+#pragma unroll
+          for (int e = 0; e < V; ++e) out[v * V + e] = acc[e];
         }
-#pragma unroll
-        for (int e = 0; e < V; ++e) out[v * V + e] = acc[e];
+        ring.release(2 * g + 1);
       }
-      ring.release(2 * g + 1);
-    }
     }
   }
   __syncthreads();  // the partial outputs are complete, and every block has staged (the producer waited)
@@ -541,8 +544,8 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
 
 // Blocks of at least this many bytes of weights take the bulk form. Decode step, H100, against the register
 // form, same calls: GPT-2 XL (41 MB a block) 2.14 vs 2.31 ms, T5-3B (67 MB) 1.685 vs 1.710 ms
-// (bench/results/gpu_bulk_regression_h100_2026-11-26.txt); GPT-2 large (26 MB) 1.336 vs 1.387, medium (16 MiB)
-// 0.758 vs 0.796, T5-large (16 MiB) 0.862 vs 0.876 (gpu_variants_h100_2026-11-26_fifth.txt); GPT-2 small
+// (bench/results/gpu_bulk_regression_h100_2026-11-26.txt); GPT-2 large (26 MB) 1.336 vs 1.387, medium (16
+// MiB) 0.758 vs 0.796, T5-large (16 MiB) 0.862 vs 0.876 (gpu_variants_h100_2026-11-26_fifth.txt); GPT-2 small
 // (9.4 MB: 23 features a block, two groups, so the ring never fills) 0.374 vs 0.317 ms
 // (gpu_bulk_variants_h100_2026-11-26.txt).
 constexpr size_t kMinBytes = size_t(16) << 20;

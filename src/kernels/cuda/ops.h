@@ -100,8 +100,8 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
 //   h = act(n · W1ᵀ + b1), or gated (W1 = [W0; W1], no b1): h = act(n · W0ᵀ) * (n · W1ᵀ);
 //   x += h · W2ᵀ + b2,
 // where the down projection W2 [D, F] is given transposed, W2t [F, D]. h is rounded to `ht` (F32 or wt), the
-// dtype the two-GEMV form would store it in; b1 has dtype ht, b2 is fp32. Blocks add their partial sums into x
-// with float atomics, so the order of the cross-block sum varies in fp32's last bits.
+// dtype the two-GEMV form would store it in; b1 has dtype ht, b2 is fp32. Blocks add their partial sums into
+// x with float atomics, so the order of the cross-block sum varies in fp32's last bits.
 struct FfnArgs {
   LinearInput in;
   int64_t D = 0, F = 0;
