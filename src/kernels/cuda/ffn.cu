@@ -21,6 +21,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/row_input.cuh"
+#include "kernels/cuda/staged_count.h"
 
 namespace kestrel::cuda {
 
@@ -55,31 +56,27 @@ __host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes)
 }
 
 // Every block reads the residual row x while it stages its input and adds its partial outputs into the same
-// row at the end, so no block may add before every block has staged. (Until 2026-11-26 blocks added into an
-// accumulator and the last block to finish, found with a counter, added that to x and cleared it: a chain of
-// fence, counter, reads and writes after the last block's work that cost GPT-2 XL's decode step 4.5 % and
-// small's 7 %, bench/results/gpu_ffn_tail_h100_2026-11-26.txt.) One 64-bit counter, shared by the session's
-// ffn() calls (run one after another), says when: every call adds exactly kStagedCall to it, block 0
-// kStagedCall - (blocks - 1) and every other block 1, each as soon as its input is staged. So the count any
-// block of a call sees when it arrives rounds down to the call's starting count, and every block has staged
-// when the count reaches the next multiple of kStagedCall: any grid size, no reset, 2^44 calls before it
-// wraps. A block arrives (one thread, after the __syncthreads that ends its staging) with arrive_staged(),
-// which returns that target; the round trip's result is needed only at the end, in wait_staged().
-constexpr unsigned long long kStagedCall = 1ull << 20;
-
-__device__ __forceinline__ unsigned long long arrive_staged(unsigned long long* staged) {
-  const unsigned long long add = blockIdx.x == 0 ? kStagedCall - (gridDim.x - 1) : 1;
+// row at the end, so no block may add before every block has staged: a counter says when (staged_count.h has
+// its arithmetic). Until 2026-11-26 blocks added into an accumulator instead, and the last block to finish
+// (another counter) added that to x and cleared it: a chain of fence, counter, reads and writes after the
+// last block's work that cost GPT-2 XL's decode step 4.5 % and small's 7 %
+// (bench/results/gpu_ffn_tail_h100_2026-11-26.txt). A block arrives (one thread, after the __syncthreads that
+// ends its staging) with arrive_staged(), which returns the count at which all have; the round trip's result
+// is needed only at the end, in wait_staged(). Every block of a call must be resident at once (the grids are
+// clamped to that).
+__device__ __forceinline__ unsigned long long arrive_staged(unsigned long long* counter) {
+  const unsigned long long add = staged::add(blockIdx.x, gridDim.x);
   unsigned long long before;
   asm volatile("atom.release.gpu.global.add.u64 %0, [%1], %2;"
                : "=l"(before)
-               : "l"(staged), "l"(add)
+               : "l"(counter), "l"(add)
                : "memory");
-  return (before / kStagedCall + 1) * kStagedCall;
+  return staged::target(before);
 }
 
-__device__ __forceinline__ void wait_staged(const unsigned long long* staged, unsigned long long target) {
+__device__ __forceinline__ void wait_staged(const unsigned long long* counter, unsigned long long target) {
   unsigned long long count;
-  do asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(count) : "l"(staged) : "memory");
+  do asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(count) : "l"(counter) : "memory");
   while (count < target);
 }
 
