@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 status=0
 
 echo "== parity" | tee "$OUT/summary.txt"
-[[ $SKIP == *,parity,* ]] || (cd "$ROOT" && timeout 300 $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_parity.py) > "$OUT/parity.log" 2>&1 \
+[[ $SKIP == *,parity,* ]] || (cd "$ROOT" && timeout 480 $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_parity.py) > "$OUT/parity.log" 2>&1 \
   || status=1
 tail -n 3 "$OUT/parity.log" | tee -a "$OUT/summary.txt"
 
