@@ -429,7 +429,7 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* xs = reinterpret_cast<T*>(smem + bp.x_at);
   float* out = reinterpret_cast<float*>(smem + bp.out_at);  // the block's partial outputs [D]
-  float* hs = reinterpret_cast<float*>(smem + bp.h_at);     // h of a group, two alternating
+  float* hs = reinterpret_cast<float*>(smem + bp.h_at);  // h of a group (mma: partial sums), two alternating
   unsigned char* slots = smem + bp.ring_at;
   constexpr int V = kVec<T>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -447,12 +447,13 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   auto fill = [&](int i, uint64_t* bar) {
     unsigned char* dst = slots + size_t(i % S) * bp.stage_bytes;
     const int64_t f = f_begin + int64_t(i / 2) * R;
-    const unsigned bytes = unsigned(rows_of(i / 2) * row_bytes);
+    const int rows = rows_of(i / 2);
+    const unsigned bytes = unsigned(rows * row_bytes);
     if constexpr (kMma) {  // row by row, at bp.row_stride
       const bool up = i % 2 == 0;
       const char* src = (up ? W1 : W2) + f * row_bytes;
       mbar_arrive_expect(bar, kGated && up ? 2 * bytes : bytes);
-      for (int r = 0; r < rows_of(i / 2); ++r) {
+      for (int r = 0; r < rows; ++r) {
         bulk_copy(dst + r * bp.row_stride, src + r * row_bytes, unsigned(row_bytes), bar);
         if (kGated && up)
           bulk_copy(dst + (R + r) * bp.row_stride, src + (F + r) * row_bytes, unsigned(row_bytes), bar);
@@ -542,9 +543,9 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
 // Blocks of at least this many bytes of weights take the bulk form. Decode step, H100, against the register
 // form, same calls: GPT-2 XL (41 MB a block) 2.14 vs 2.31 ms, T5-3B (67 MB) 1.685 vs 1.710 ms
 // (bench/results/gpu_bulk_regression_h100_2026-11-26.txt); GPT-2 large (26 MB) 1.336 vs 1.387, medium (16
-// MiB) 0.758 vs 0.796, T5-large (16 MiB) 0.862 vs 0.876 (gpu_variants_h100_2026-11-26_fifth.txt); GPT-2 small
-// (9.4 MB: 23 features a block, two groups, so the ring never fills) 0.374 vs 0.317 ms
-// (gpu_bulk_variants_h100_2026-11-26.txt).
+// MiB) 0.758 vs 0.796, T5-large (16 MiB) 0.862 vs 0.876 (gpu_variants_h100_2026-11-26_fifth.txt). Below it,
+// GPT-2 small (9.4 MB) was slower in bulk form, 0.322 vs 0.296 ms, but T5-base (also 9.4 MB) faster, 0.355 vs
+// 0.363 (gpu_gemv_bulk_default_h100_2026-11-26.txt): the size is a proxy for a cause not yet understood.
 constexpr size_t kMinBytes = size_t(16) << 20;
 
 // On sm_90, for blocks of kMinBytes or more (KESTREL_FFN_BULK=1: any size, 0: never), where two stages fit
