@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <set>
 
 #include "core/env.h"
@@ -108,9 +109,11 @@ std::string gib(size_t bytes) {
 }
 
 // The per-forward token metadata, one int32 block uploaded with a single copy. Offsets are in int32 elements.
+// The host never writes argmax_keys (64-bit, two elements each), so every upload clears them for the greedy
+// argmax (cuda::argmax_rows, or the LM head's GEMV) to raise.
 struct MetaLayout {
   int64_t ids, tok_row, tok_pos, take_src, phys, local_base, local_count, self_base, self_count, cross_base,
-      cross_count, total;
+      cross_count, argmax_keys, total;
   MetaLayout(int64_t max_tokens, int64_t max_out, int64_t max_batch) {
     int64_t o = 0;
     auto take = [&](int64_t n) {
@@ -129,6 +132,7 @@ struct MetaLayout {
     self_count = take(max_batch);
     cross_base = take(max_batch);
     cross_count = take(max_batch);
+    argmax_keys = take(2 * max_out);
     total = o;
   }
 };
@@ -142,15 +146,23 @@ struct CudaSession::Impl {
   size_t arena_used = 0, arena_size = 0;
   MetaLayout meta{0, 0, 0};
   int32_t* meta_dev = nullptr;
-  int32_t* meta_host = nullptr;  // pinned
-  int32_t* ids_dev = nullptr;
-  int32_t* ids_host = nullptr;  // pinned
-  unsigned long long* argmax_scratch = nullptr;
+  int32_t* meta_host = nullptr;                    // pinned
+  unsigned long long* argmax_keys = nullptr;       // in meta_dev
+  unsigned long long* argmax_keys_host = nullptr;  // pinned
   void* convert_scratch = nullptr;
   float* gate_scratch = nullptr;
   float* partials = nullptr;
   int* split_counters = nullptr;
-  unsigned long long* ffn_staged = nullptr;  // ffn()'s counter of blocks that have staged their input
+  // Counters of the kernels whose blocks wait for each other (kernels/cuda/staged_wait.cuh): blocks that have
+  // read the residual row (ffn(), attention() with the QKV GEMV fused in), and per head, blocks that have
+  // written their share of its query, key and value; and their fault flag (mapped pinned memory), checked
+  // after every forward.
+  unsigned long long* staged = nullptr;
+  unsigned long long* head_counters = nullptr;
+  unsigned* fault_host = nullptr;
+  unsigned* fault_dev = nullptr;  // the same flag, as the kernels address it
+  // A decode QKV (or cross-attention query) GEMV that fused_linear() left for the attention kernel after it.
+  std::optional<cuda::StepLinear> pending_qkv;
   // Device-side token choice: the uploaded block (CudaSession::choice_block_bytes), its pinned host staging,
   // and max_batch rows of scores to process.
   char* choice_dev = nullptr;
@@ -297,7 +309,8 @@ CudaSession::~CudaSession() {
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
   if (impl_->arena) cudaFree(impl_->arena);
   if (impl_->meta_host) cudaFreeHost(impl_->meta_host);
-  if (impl_->ids_host) cudaFreeHost(impl_->ids_host);
+  if (impl_->argmax_keys_host) cudaFreeHost(impl_->argmax_keys_host);
+  if (impl_->fault_host) cudaFreeHost(impl_->fault_host);
   if (impl_->choice_host) cudaFreeHost(impl_->choice_host);
   if (impl_->candidate_scores_host) cudaFreeHost(impl_->candidate_scores_host);
   if (impl_->choice_ids_host) cudaFreeHost(impl_->choice_ids_host);
@@ -403,7 +416,6 @@ void CudaSession::plan_ffn_blocks(const std::map<std::string, DType>& dtype) {
       const size_t bytes = size_t(D) * size_t(F) * (up.gated ? 3 : 2) * dtype_size(wt);
       if (ffn_mode != EnvSwitch::On && bytes < kFfnKernelMinBytes) continue;
       in_out_weights_.insert(w_down);
-      ffn_kernel_ = true;
     }
   }
 }
@@ -460,19 +472,18 @@ void CudaSession::plan_memory(size_t weight_bytes) {
       2 * size_t(plan_.self_slots + plan_.cross_slots) * align_up(size_t(max_batch_) * cache_row);
   const size_t partials = size_t(max_batch_ * heads_ * kMaxSplits * (head_dim_ + 2)) * 4;
   const size_t counters = size_t(max_batch_ * heads_) * 4;
-  const size_t ffn_bytes = ffn_kernel_ ? sizeof(unsigned long long) : 0;  // ffn()'s counter
+  const size_t sync_bytes = size_t(1 + heads_) * sizeof(unsigned long long);  // Impl::staged, head_counters
   size_t luts = 0;
   for (const auto* ops : {&plan_.encoder, &plan_.decoder})
     for (const Op& op : *ops)
       if (op.kind == OpKind::PositionBias) luts += align_up(size_t(2 * max_length_ + 1) * 4);
   impl_->meta = MetaLayout(max_tokens_, max_out_rows_, max_batch_);
-  const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(size_t(max_batch_) * 4) +
-                      align_up(size_t(max_batch_ * cuda::kArgmaxSlices) * 8) +
-                      align_up(choice_block_bytes()) + align_up(size_t(max_batch_ * vocab_) * 4) +
+  const size_t meta = align_up(size_t(impl_->meta.total) * 4) + align_up(choice_block_bytes()) +
+                      align_up(size_t(max_batch_ * vocab_) * 4) +
                       2 * align_up(size_t(max_batch_ * kMaxCandidates) * 4) +
                       align_up(cuda::step_program_bytes(plan_.decoder.size()));
   const size_t total = weight_bytes + activations + align_up(convert_bytes) + align_up(gate_bytes) + caches +
-                       align_up(partials) + align_up(counters) + align_up(ffn_bytes) + luts + meta;
+                       align_up(partials) + align_up(counters) + align_up(sync_bytes) + luts + meta;
   planned_bytes_ = total + cuda::GemmContext::workspace_bytes();
 
   size_t free_bytes = 0, total_bytes = 0;
@@ -502,17 +513,19 @@ void CudaSession::plan_memory(size_t weight_bytes) {
   impl_->partials = static_cast<float*>(impl_->carve(partials));
   impl_->split_counters = static_cast<int*>(impl_->carve(counters));
   check(cudaMemset(impl_->split_counters, 0, counters), "clearing attention split counters");
-  if (ffn_bytes) {
-    impl_->ffn_staged = static_cast<unsigned long long*>(impl_->carve(ffn_bytes));
-    check(cudaMemset(impl_->ffn_staged, 0, ffn_bytes), "clearing the feed-forward counter");
-  }
+  impl_->staged = static_cast<unsigned long long*>(impl_->carve(sync_bytes));
+  impl_->head_counters = impl_->staged + 1;
+  check(cudaMemset(impl_->staged, 0, sync_bytes), "clearing the block counters");
+  check(cudaHostAlloc(reinterpret_cast<void**>(&impl_->fault_host), sizeof(unsigned), cudaHostAllocMapped),
+        "pinned memory");
+  *impl_->fault_host = 0;
+  check(cudaHostGetDevicePointer(reinterpret_cast<void**>(&impl_->fault_dev), impl_->fault_host, 0),
+        "mapping the block counters' fault flag");
   impl_->meta_dev = static_cast<int32_t*>(impl_->carve(size_t(impl_->meta.total) * 4));
-  impl_->ids_dev = static_cast<int32_t*>(impl_->carve(size_t(max_batch_) * 4));
-  impl_->argmax_scratch =
-      static_cast<unsigned long long*>(impl_->carve(size_t(max_batch_ * cuda::kArgmaxSlices) * 8));
+  impl_->argmax_keys = reinterpret_cast<unsigned long long*>(impl_->meta_dev + impl_->meta.argmax_keys);
   check(cudaMallocHost(reinterpret_cast<void**>(&impl_->meta_host), size_t(impl_->meta.total) * 4),
         "pinned memory");
-  check(cudaMallocHost(reinterpret_cast<void**>(&impl_->ids_host), size_t(max_out_rows_) * 4),
+  check(cudaMallocHost(reinterpret_cast<void**>(&impl_->argmax_keys_host), size_t(max_out_rows_) * 8),
         "pinned memory");
   impl_->choice_dev = static_cast<char*>(impl_->carve(choice_block_bytes()));
   impl_->choice_work = static_cast<float*>(impl_->carve(size_t(max_batch_ * vocab_) * 4));
@@ -956,9 +969,10 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   pass.rows = B;
   for (const auto& r : tokens) pass.max_row_tokens = std::max(pass.max_row_tokens, int64_t(r.size()));
   const Buffer& out = buffers_[size_t(decoder_.back().out)];
-  auto argmax = [&] {
-    cuda::argmax_rows(static_cast<const float*>(out.data), out_rows, out.width, impl_->ids_dev,
-                      impl_->argmax_scratch, s);
+  if (want == Want::Ids && !encoder) pass.argmax = impl_->argmax_keys;
+  auto argmax = [&] {  // unless the LM head's GEMV did it (fused_linear)
+    if (!pass.argmax_fused)
+      cuda::argmax_rows(static_cast<const float*>(out.data), out_rows, out.width, impl_->argmax_keys, s);
   };
   if (one_token_each) {
     // A step of one row runs as one persistent kernel when every op of the plan fits in it (it chooses its
@@ -996,13 +1010,16 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   if (!encoder) last_out_rows_ = out_rows;
   if (want == Want::Choose) enqueue_choice(*outputs.choice, out_rows);
 
-  // Ids: one a row from the argmax; Choose: one a choice row, or `candidates` of them with their scores.
+  // Ids: one argmax key a row; Choose: one id a choice row, or `candidates` of them with their scores.
   const bool chose = want == Want::Choose;
   const int64_t per_row = chose ? std::max<int64_t>(1, outputs.choice->candidates) : 1;
   const int64_t ids_count = chose ? int64_t(outputs.choice->rows.size()) * per_row : out_rows;
-  int32_t* ids_host = chose ? impl_->choice_ids_host : impl_->ids_host;
-  if (want == Want::Ids || chose)
-    check(cudaMemcpyAsync(ids_host, chose ? impl_->choice_ids : impl_->ids_dev, size_t(ids_count) * 4,
+  if (chose)
+    check(cudaMemcpyAsync(impl_->choice_ids_host, impl_->choice_ids, size_t(ids_count) * 4,
+                          cudaMemcpyDeviceToHost, s),
+          "reading token ids");
+  if (want == Want::Ids)
+    check(cudaMemcpyAsync(impl_->argmax_keys_host, impl_->argmax_keys, size_t(ids_count) * 8,
                           cudaMemcpyDeviceToHost, s),
           "reading token ids");
   if (chose && outputs.choice->candidates > 0)
@@ -1010,13 +1027,23 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
                           cudaMemcpyDeviceToHost, s),
           "reading candidate scores");
   check(cudaStreamSynchronize(s), encoder ? "encoder forward" : "decoder forward");
+  if (*static_cast<volatile unsigned*>(impl_->fault_host))
+    fail(
+        "the blocks of a decode kernel did not all run at once on this GPU (is it shared, e.g. through MPS "
+        "with an active-thread percentage below 100?), so this step's results are wrong and the session "
+        "stops. Run on a whole GPU or MIG instance, or set KESTREL_FFN_KERNEL=0 and KESTREL_ATTN_QKV=0 (the "
+        "kernels whose blocks wait for each other)");
   if (want == Want::Logits) {
     outputs.logits->resize(size_t(out_rows * out.width));
     check(cudaMemcpy(outputs.logits->data(), out.data, outputs.logits->size() * 4, cudaMemcpyDeviceToHost),
           "reading logits");
-  } else if (want == Want::Ids || chose) {
-    outputs.ids->assign(ids_host, ids_host + ids_count);
-    if (chose && outputs.choice->candidates > 0)
+  } else if (want == Want::Ids) {
+    outputs.ids->resize(size_t(ids_count));
+    for (int64_t r = 0; r < ids_count; ++r)
+      (*outputs.ids)[size_t(r)] = cuda::argmax_index(impl_->argmax_keys_host[r]);
+  } else if (chose) {
+    outputs.ids->assign(impl_->choice_ids_host, impl_->choice_ids_host + ids_count);
+    if (outputs.choice->candidates > 0)
       outputs.scores->assign(impl_->candidate_scores_host, impl_->candidate_scores_host + ids_count);
   }
 
@@ -1087,6 +1114,7 @@ bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const
 }
 
 void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& pass) {
+  impl_->pending_qkv.reset();
   for (size_t i = 0; i < program.size();) {
     size_t fused = fused_ffn(program, i);
     if (fused == 0) fused = fused_attention(program, i, pass);
@@ -1098,6 +1126,32 @@ void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& p
       ++i;
     }
   }
+  if (impl_->pending_qkv) internal_error("a fused QKV GEMV was left unrun");
+}
+
+bool CudaSession::feeds_projected_attention(const std::vector<BoundOp>& program, size_t at, const BoundOp& lin,
+                                            const Pass& pass) const {
+  static const bool off = env_switch("KESTREL_ATTN_QKV") == EnvSwitch::Off;  // comparisons
+  if (off || at >= program.size() || pass.T != 1) return false;
+  const BoundOp& att = program[at];
+  return att.op->kind == OpKind::Attention && att.projected &&
+         (att.op->kv == KVSource::Cross ? pass.project_cross : pass.project_self) &&
+         att.op->inputs[0] == lin.op->output;
+}
+
+void CudaSession::flush_pending_qkv() {
+  if (!impl_->pending_qkv) return;
+  const cuda::StepLinear& L = *impl_->pending_qkv;
+  cuda::gemv(L.in, 1, L.K, L.W, L.wt, L.N, L.bias, L.act, L.gated, L.residual, L.y, L.yt, impl_->stream);
+  impl_->pending_qkv.reset();
+}
+
+cuda::BlockWait CudaSession::block_wait() const {
+  cuda::BlockWait w;
+  w.fault = impl_->fault_dev;
+  static const int64_t ms = env_int("KESTREL_BLOCK_WAIT_MS");  // the bounded wait's test sets it low
+  if (ms > 0) w.wait_ns = uint64_t(ms) * 1'000'000u;
+  return w;
 }
 
 size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass,
@@ -1123,10 +1177,25 @@ size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, 
   L.in = norm_input(norm, src);
   L.in.rows = take ? impl_->dev(impl_->meta.take_src) : nullptr;
   linear_call(lin, K, out, L);
-  if (call)
+  if (call) {
     *call = L;
-  else
-    cuda::gemv(L.in, M, K, L.W, L.wt, L.N, L.bias, L.act, L.gated, L.residual, L.y, L.yt, impl_->stream);
+    return n;
+  }
+  // A decode QKV (or query) GEMV of one row feeding a projected attention runs inside that attention kernel.
+  if (M == 1 && L.wt == compute_ && L.yt == compute_ && !L.gated && !L.residual &&
+      L.act == cuda::Act::Identity && L.in.xt == DType::F32 && !L.in.rows &&
+      feeds_projected_attention(program, i + n, lin, pass)) {
+    impl_->pending_qkv = L;
+    return n;
+  }
+  // A greedy pass's LM head raises the argmax keys as it writes the logits: no argmax kernel after it.
+  unsigned long long* argmax = nullptr;
+  if (pass.argmax && lin.out == decoder_.back().out && L.yt == DType::F32 && !L.gated) {
+    argmax = pass.argmax;
+    pass.argmax_fused = true;
+  }
+  cuda::gemv(L.in, M, K, L.W, L.wt, L.N, L.bias, L.act, L.gated, L.residual, L.y, L.yt, impl_->stream,
+             argmax);
   return n;
 }
 
@@ -1163,7 +1232,8 @@ size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i) {
   a.ht = buffer(up.out).dtype;
   a.W2t = down.w[0];
   a.b2 = down.w.size() > 1 ? static_cast<const float*>(down.w[1]) : nullptr;
-  a.staged = impl_->ffn_staged;
+  a.staged = impl_->staged;
+  a.wait = block_wait();
   buffer(norm.out).rows = 1;
   buffer(up.out).rows = 1;
   cuda::ffn(a, impl_->stream);
@@ -1171,9 +1241,13 @@ size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i) {
 }
 
 size_t CudaSession::fused_attention(const std::vector<BoundOp>& program, size_t i, const Pass& pass) {
-  if (!program[i].projected) return 0;
+  auto unfused = [&] {
+    flush_pending_qkv();
+    return size_t(0);
+  };
+  if (!program[i].projected) return unfused();
   const BoundOp& att = program[i];
-  if (!(att.op->kv == KVSource::Cross ? pass.project_cross : pass.project_self)) return 0;
+  if (!(att.op->kv == KVSource::Cross ? pass.project_cross : pass.project_self)) return unfused();
   const BoundOp& lin = program[i + 1];
   Buffer& x = buffer(lin.out);
   if (x.rows != pass.T) internal_error("residual linear into '" + lin.op->output + "' with mismatched rows");
@@ -1183,7 +1257,23 @@ size_t CudaSession::fused_attention(const std::vector<BoundOp>& program, size_t 
   a.proj_bias = lin.w.size() > 1 ? static_cast<const float*>(lin.w[1]) : nullptr;
   a.proj_out = static_cast<float*>(x.data);
   a.proj_n = x.width;
-  if (!cuda::attention_can_project(a)) return 0;
+  if (!cuda::attention_can_project(a)) return unfused();
+  if (impl_->pending_qkv) {  // its GEMV too (fused_linear left it)
+    const cuda::StepLinear& L = *impl_->pending_qkv;
+    cuda::AttentionQkv& q = a.qkv;
+    q.in = L.in;
+    q.K = L.K;
+    q.W = L.W;
+    q.bias = L.bias;
+    q.parts = int(L.N / (int64_t(a.heads) * a.head_dim));
+    q.y = L.y;
+    q.head_counters = impl_->head_counters;
+    q.staged = impl_->staged;
+    q.wait = block_wait();
+    if (int64_t(q.parts) * a.heads * a.head_dim != L.N || L.y != a.q || a.T != 1)
+      internal_error("the QKV GEMV does not match the attention it feeds");
+    impl_->pending_qkv.reset();
+  }
   cuda::attention(a, impl_->stream);
   return 2;
 }

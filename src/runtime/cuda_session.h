@@ -43,6 +43,7 @@ namespace cuda {
 struct StepLinear;
 struct LinearInput;
 struct AttentionArgs;
+struct BlockWait;
 }  // namespace cuda
 
 struct CudaSessionOptions {
@@ -174,6 +175,8 @@ class CudaSession final : public Session {
     int splits_self = 1, splits_cross = 1;
     bool decode = false;
     bool project_self = false, project_cross = false;  // projected attentions run fused (fused_attention)
+    unsigned long long* argmax = nullptr;              // a greedy pass: the argmax keys of its logits rows
+    mutable bool argmax_fused = false;  // set when the LM head's GEMV raised them (fused_linear)
   };
   void run_program(const std::vector<BoundOp>& program, const Pass& pass);
   void run_op(const BoundOp& b, const Pass& pass);
@@ -184,6 +187,14 @@ class CudaSession final : public Session {
   // Runs program[i..i+2] as one ffn() kernel when it is a feed-forward block over one row; returns the ops
   // consumed (0: not fused).
   size_t fused_ffn(const std::vector<BoundOp>& program, size_t i);
+  // Whether program[at] is an attention that fused_attention() runs with its projection, reading the output
+  // of linear `lin` (then the GEMV runs inside the attention kernel: Impl::pending_qkv).
+  bool feeds_projected_attention(const std::vector<BoundOp>& program, size_t at, const BoundOp& lin,
+                                 const Pass& pass) const;
+  // Runs the GEMV left in Impl::pending_qkv on its own, if any.
+  void flush_pending_qkv();
+  // How the kernels whose blocks wait for each other bound their waits (kernels/cuda/staged_wait.cuh).
+  cuda::BlockWait block_wait() const;
   // The input of a GEMV that normalises `src` with norm op `norm` on the way in.
   cuda::LinearInput norm_input(const BoundOp& norm, const Buffer& src) const;
   // Picks the feed-forward blocks ffn() will run and records their down projections in in_out_weights_.
@@ -225,7 +236,6 @@ class CudaSession final : public Session {
   std::map<std::string, const void*> weight_ptr_;
   std::map<std::string, DType> weight_dtype_;
   std::set<std::string> in_out_weights_;  // uploaded transposed (read by ffn() and fused_attention())
-  bool ffn_kernel_ = false;               // some feed-forward block runs as one ffn() kernel
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
   std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;

@@ -12,18 +12,21 @@ from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditional
 
 
 def small_gpt2(path: pathlib.Path, seed: int = 0, n_inner=None, n_embd: int = 128, n_head: int = 4,
-               n_layer: int = 3) -> pathlib.Path:
+               n_layer: int = 3, initializer_range: float = 0.15) -> pathlib.Path:
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=512, n_positions=512, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     initializer_range=0.15, bos_token_id=511, eos_token_id=511, n_inner=n_inner)
+                     initializer_range=initializer_range, bos_token_id=511, eos_token_id=511, n_inner=n_inner)
     GPT2LMHeadModel(cfg).eval().save_pretrained(path)
     return path
 
 
 def small_t5(path: pathlib.Path, seed: int = 0, gated: bool = False, ffn_scale: float = 1.0,
-             hidden_scale: float = 1.0, d_ff: int = 256, d_model: int = 128, num_heads: int = 4) -> pathlib.Path:
+             hidden_scale: float = 1.0, d_ff: int = 256, d_model: int = 128, num_heads: int = 4,
+             logit_scale: float = 1.0) -> pathlib.Path:
     """ffn_scale > 1 multiplies every wo weight so the FFN outputs leave the fp16 range (real T5 does this);
-    hidden_scale > 1 multiplies wi (gated: wi_1) so the FFN's hidden activations, wo's input, leave it."""
+    hidden_scale > 1 multiplies wi (gated: wi_1) so the FFN's hidden activations, wo's input, leave it;
+    logit_scale multiplies the decoder's final norm weight, so the logits (of standard deviation ~sqrt(d_model)
+    with the default N(0, 1) LM head when it is not scaled by d_model^-0.5) by as much."""
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=384, d_model=d_model, d_kv=32, d_ff=d_ff, num_layers=2, num_decoder_layers=2,
                    num_heads=num_heads,
@@ -37,6 +40,8 @@ def small_t5(path: pathlib.Path, seed: int = 0, gated: bool = False, ffn_scale: 
                 p.mul_(ffn_scale)
             if name.endswith("DenseReluDense.wi_1.weight" if gated else "DenseReluDense.wi.weight"):
                 p.mul_(hidden_scale)
+            if name == "decoder.final_layer_norm.weight":
+                p.mul_(logit_scale)
     model.save_pretrained(path)
     return path
 

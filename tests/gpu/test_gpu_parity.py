@@ -101,10 +101,14 @@ def models(tmp_path_factory):
         "t5_tall": gpu_models.small_t5(d / "t5_tall", seed=5, d_ff=4096),
         # Real model widths (GPT-2 XL's 1600, flan-t5-large's 1024 with a gated FFN of 2816), two layers: the
         # one-row FFN kernels' tensor-core consumers hold several output tiles a warp and a block's last group of
-        # features is partial (ffn.cu, mma_consumers).
-        "gpt2_xl_width": gpu_models.small_gpt2(d / "gpt2_xl_width", seed=6, n_embd=1600, n_head=25, n_layer=2),
+        # features is partial (ffn.cu, mma_consumers). Initialised so that logits spread like real ones (standard
+        # deviation ~2): at these widths the small models' settings give logits of std 6 (GPT-2, 0.15) and 43
+        # (T5's N(0, 1) LM head), log-probs down to -41 and -670, where the fp32 tolerance is below fp32's own
+        # rounding of the sums (the first run, 2026-11-26: 1.8-4.1e-4 between fused and unfused fp32, tokens equal).
+        "gpt2_xl_width": gpu_models.small_gpt2(d / "gpt2_xl_width", seed=6, n_embd=1600, n_head=25, n_layer=2,
+                                               initializer_range=0.05),
         "t5_gated_large_width": gpu_models.small_t5(d / "t5_gated_large_width", seed=7, gated=True, d_model=1024,
-                                                    num_heads=16, d_ff=2816),
+                                                    num_heads=16, d_ff=2816, logit_scale=0.05),
     }
 
 
@@ -185,6 +189,10 @@ def decodes_agree(models, tmp_path, arch, precision, n, test, variant_env, basel
     assert err <= TOL[precision], f"{arch} {precision}: {test} log-probs differ by {err}"
     if precision == "fp32":
         assert a == b
+        # The argmax on the GPU (in one row's LM head GEMV since 2026-11-26) picks what the host picks from the
+        # logits. (Only in fp32: the runs differ in the order of the FFN kernels' atomics, which a 16-bit near tie
+        # may feel.)
+        assert out["greedy_device"][0] == a, "argmax on the GPU differs from argmax of the returned logits"
         hf = hf_model(models[arch], t5)
         start = [0] if t5 else prompts[0]
         assert a == hf_greedy(hf, start, n, prompts[0] if t5 else None)
@@ -224,6 +232,17 @@ def test_attention_projection_matches_unfused(models, tmp_path, arch, precision)
     attention kernel and GEMV it replaces (KESTREL_ATTN_PROJECT=0), and in fp32 against transformers' greedy."""
     decodes_agree(models, tmp_path, arch, precision, 32, "attention_projection", {"KESTREL_ATTN_PROJECT": "1"},
                   {"KESTREL_ATTN_PROJECT": "0"})
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_xl_width", "t5_gated_large_width"])
+def test_qkv_gemv_inside_attention_matches_separate(models, tmp_path, arch, precision):
+    """Decode attention (projection fused in) with the GEMV that feeds it computed inside it too (attention.cu,
+    AttentionArgs::qkv: QKV, or T5's cross-attention query; a head's blocks compute its features, count in on
+    the head's counter and attend once all have; on by default) against that GEMV as its own kernel
+    (KESTREL_ATTN_QKV=0), and in fp32 against transformers' greedy."""
+    decodes_agree(models, tmp_path, arch, precision, 32, "attention_qkv", {"KESTREL_ATTN_QKV": "1"},
+                  {"KESTREL_ATTN_QKV": "0"})
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -327,6 +346,18 @@ def test_bad_options_give_clear_errors(models, tmp_path):
                         str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 1 and "--max-length" in r.stderr, r.stderr
 
+
+def test_ffn_kernel_wait_fails_cleanly_when_blocks_are_not_all_resident(models, tmp_path):
+    """The one-row FFN kernel's blocks wait for each other (ffn.cu, wait_staged). A grid larger than what runs at
+    once (forced here; a GPU shared through MPS with a thread limit could cause it) must end the run with an error
+    that says what to do, not hang."""
+    env = {**os.environ, "KESTREL_FFN_KERNEL": "1", "KESTREL_FFN_BULK": "0", "KESTREL_FFN_BLOCKS": "3000",
+           "KESTREL_BLOCK_WAIT_MS": "50"}
+    r = subprocess.run([str(DRIVER), "--model", str(models["gpt2"]), "--device", "cuda", "--precision", "fp16",
+                        "--prompts", str(gpu_models.write_rows(tmp_path / "p.json", [[5, 6, 7]])), "--new-tokens", "3",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "did not all run at once" in r.stderr and "KESTREL_FFN_KERNEL=0" in r.stderr, r.stderr
 
 
 CLI = BUILD / "src" / "cli" / "kestrel"

@@ -26,6 +26,8 @@
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/row_input.cuh"
+#include "kernels/cuda/staged_wait.cuh"
 
 namespace kestrel::cuda {
 
@@ -217,11 +219,31 @@ __device__ __forceinline__ void project(const AttentionArgs& a, const float* o, 
 // launch.
 constexpr int kProjectMinBlocks = KESTREL_ATTN_PROJECT_MIN_BLOCKS;
 
+// The fused QKV GEMV's share of a block (AttentionArgs::qkv): head h's parts · D features (query, key, value
+// dimensions of the head) are dealt to its S column-slice blocks, feature i to block i mod S. Returns the
+// weight row (= output column) of the block's j-th feature.
+__device__ __forceinline__ int64_t qkv_row(const AttentionArgs& a, int h, int z, int S, int j) {
+  const int i = z + S * j, D = a.head_dim;
+  return int64_t(i / D) * a.heads * D + int64_t(h) * D + i % D;
+}
+__device__ __forceinline__ int qkv_block_rows(const AttentionArgs& a, int z, int S) {
+  const int n = a.qkv.parts * a.head_dim;
+  return z < n ? (n - 1 - z) / S + 1 : 0;
+}
+// The normalised input row of the fused GEMV is read from registers for up to kQkvRegs * kRowThreads elements.
+constexpr int kQkvRegs = 16;
+
 // With kProject (AttentionArgs::proj_wt), blockIdx.z is the column slice of the output projection rather
-// than a key split: each block attends over all of its row's keys, then projects.
-template <typename T, bool kProject>
+// than a key split: each block attends over all of its row's keys, then projects. With kQkv
+// (AttentionArgs::qkv; one row, kProject) the block first computes its share of the head's query, key and
+// value (qkv_row), the weight rows prefetched into shared memory before pdl_wait() as far as qkv.smem_rows
+// says; it then counts in on its head's counter and waits for the head's other blocks, so the head's
+// attention starts as soon as its own features are written: no kernel boundary between the GEMV and the
+// attention. Every block has read the residual row before any block adds into it (qkv.staged).
+template <typename T, bool kProject, bool kQkv = false>
 __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     attention_rows_kernel(AttentionArgs a) {
+  static_assert(kProject || !kQkv);
   extern __shared__ float4 dynamic_smem[];
   float* scores = reinterpret_cast<float*>(dynamic_smem);  // [keys of this split]
   __shared__ float qs[kMaxHeadDim];  // the scaled query; with kProject, later the head's output
@@ -248,30 +270,52 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
                                                          : vb + int64_t(j) * a.kv_stride);
   };
 
-  // Cached keys do not depend on the kernels before this one in the step: load the first one now.
+  // With the GEMV fused in, the query, key and value of this token are written inside this kernel by other
+  // blocks: read them from L2 (ld.global.cg), never from a stale L1 line.
+  auto load = [&](const uint4* p) { return kQkv ? __ldcg(p) : *p; };
+  // Cached keys do not depend on the kernels before this one in the step: load the first one early (before
+  // pdl_wait(); with the GEMV fused in, once its features are written, while the head's blocks finish theirs).
   uint4 kpre[kPrefetchVecs];
   const int j_pre = k0 + tid;
   const bool prefetched = a.cache_ready && DV <= kPrefetchVecs && j_pre < k1 && j_pre != fresh_pos;
-  if (prefetched) {
-    const uint4* kr = key_row(j_pre);
-#pragma unroll
-    for (int c = 0; c < kPrefetchVecs; ++c)
-      if (c < DV) kpre[c] = kr[c];
-  }
   // Likewise the first kValuePrefetch cached value rows this thread will weigh (pass 3 below).
   const int groups = kRowThreads / DV, g = tid / DV, c = tid % DV;
   uint4 vpre[kValuePrefetch];
+  auto prefetch_cache = [&] {
+    if (prefetched) {
+      const uint4* kr = key_row(j_pre);
 #pragma unroll
-  for (int i = 0; i < kValuePrefetch; ++i) {
-    const int j = k0 + g + i * groups;
-    if (a.cache_ready && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
-  }
+      for (int c = 0; c < kPrefetchVecs; ++c)
+        if (c < DV) kpre[c] = kr[c];
+    }
+#pragma unroll
+    for (int i = 0; i < kValuePrefetch; ++i) {
+      const int j = k0 + g + i * groups;
+      if (a.cache_ready && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
+    }
+  };
+  if constexpr (!kQkv) prefetch_cache();
   // The projection's weight slice: rows h·D .. h·D + D - 1, columns c0 .. c0 + nc - 1, into shared memory
   // behind the scores (row stride proj_cols), in flight while the kernel before this one finishes.
   T* wslice = reinterpret_cast<T*>(reinterpret_cast<char*>(dynamic_smem) + scores_bytes(a.max_keys));
   const int cols = a.proj_cols;
   const int64_t c0 = kProject ? int64_t(blockIdx.z) * cols : 0;
   const int nv = kProject ? int(min(int64_t(cols), a.proj_n - c0)) / V : 0;  // 16-byte vectors a row
+  // The fused GEMV's staged input row and its weight rows, behind the slice (qkv_smem()).
+  const int64_t K = a.qkv.K, kvecs = K / V;
+  T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(wslice) + (size_t(D) * cols * sizeof(T) + 15) / 16 * 16);
+  T* wrows = xs + kvecs * V;
+  const int S = kProject ? gridDim.z : 1, z = kProject ? blockIdx.z : 0;
+  const int qkv_rows = kQkv ? qkv_block_rows(a, z, S) : 0;
+  const int smem_rows = min(qkv_rows, a.qkv.smem_rows);
+  if constexpr (kQkv) {  // the rows this block multiplies first: before everything else
+    const T* W = static_cast<const T*>(a.qkv.W);
+    for (int j = 0; j < smem_rows; ++j) {
+      const T* src = W + qkv_row(a, h, z, S, j) * K;
+      for (int64_t i = tid; i < kvecs; i += kRowThreads) cp_async16(wrows + j * K + i * V, src + i * V);
+    }
+    cp_async_commit();
+  }
   if constexpr (kProject) {
     const T* w = static_cast<const T*>(a.proj_wt) + int64_t(h) * D * a.proj_n + c0;
     for (int i = tid; i < D * nv; i += kRowThreads) {
@@ -283,16 +327,60 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   pdl_wait();
   pdl_trigger();
 
+  unsigned long long all_staged = 0;  // kQkv: the count at which every block has read the residual row
+  if constexpr (kQkv) {
+    const LinearInput& in = a.qkv.in;
+    stage_rows<T, float, 1, kRowThreads, kQkvRegs>(
+        RowInput{in.x, nullptr, in.gamma, in.beta, in.rms, in.eps, in.out_scale, 1, K}, xs);
+    const int lin = h * S + z;  // one row: blockIdx.x == 0
+    if (tid == 0) all_staged = arrive(a.qkv.staged, lin, a.heads * S);
+    cp_async_wait<1>();  // the weight rows (the slice, committed after them, may still be in flight)
+    __syncthreads();
+    const T* W = static_cast<const T*>(a.qkv.W);
+    const T* bias = static_cast<const T*>(a.qkv.bias);
+    T* y = static_cast<T*>(a.qkv.y);
+    const int warp = tid >> 5, lane = tid & 31;
+    const uint4* xv = reinterpret_cast<const uint4*>(xs);
+    for (int j = warp; j < qkv_rows; j += kRowThreads / 32) {
+      const int64_t row = qkv_row(a, h, z, S, j);
+      float acc;
+      if (j < smem_rows) {
+        acc = dot_row<T>(reinterpret_cast<const uint4*>(wrows + j * K), xv, kvecs);
+      } else {
+        const uint4* w = reinterpret_cast<const uint4*>(W + row * K);
+        float acc0 = 0.0f;
+        for (int64_t i = lane; i < kvecs; i += 32) {
+          float wf[V], xf[V];
+          widen<T>(ld_stream(w + i), wf);
+          widen<T>(xv[i], xf);
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc0 += wf[e] * xf[e];
+        }
+        acc = acc0;
+      }
+      acc = warp_sum(acc);
+      if (lane == 0) y[row] = from_f32<T>(acc + (bias ? to_f32(bias[row]) : 0.0f));
+    }
+    prefetch_cache();
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      unsigned long long* counter = a.qkv.head_counters + h;
+      wait_until(counter, arrive(counter, z, S), a.qkv.wait);
+    }
+    __syncthreads();
+  }
+
   // This split holds the new token: cache its key and value (with kProject, the first column slice's block).
   if (fresh && fresh_pos >= k0 && fresh_pos < k1 && (!kProject || blockIdx.z == 0)) {
     const int64_t at = int64_t(fresh_pos) * a.kv_stride;
     for (int d = tid; d < D; d += kRowThreads) {
-      kb[at + d] = fresh[a.fresh_k_offset + d];
-      vb[at + d] = fresh[a.fresh_v_offset + d];
+      kb[at + d] = kQkv ? __ldcg(fresh + a.fresh_k_offset + d) : fresh[a.fresh_k_offset + d];
+      vb[at + d] = kQkv ? __ldcg(fresh + a.fresh_v_offset + d) : fresh[a.fresh_v_offset + d];
     }
   }
   const T* q = static_cast<const T*>(a.q) + int64_t(t) * a.q_stride + int64_t(h) * D;
-  for (int d = tid; d < D; d += kRowThreads) qs[d] = to_f32(q[d]) * a.scale;
+  for (int d = tid; d < D; d += kRowThreads) qs[d] = to_f32(kQkv ? __ldcg(q + d) : q[d]) * a.scale;
   __syncthreads();
 
   // 1. scores
@@ -319,7 +407,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
       if (!have) {
 #pragma unroll
         for (int c = 0; c < kPrefetchVecs; ++c)
-          if (c < n) kpre[c] = kr[c0 + c];
+          if (c < n) kpre[c] = load(kr + c0 + c);
       }
       s += dot_q(kpre, c0, n);
     }
@@ -344,7 +432,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     for (int i = 0; i < kValuePrefetch; ++i) {  // the prefetched rows (or loads where none was possible)
       const int j = k0 + g + i * groups;
       if (j >= k1) break;
-      const uint4 vv = a.cache_ready && j != fresh_pos ? vpre[i] : value_row(j)[c];
+      const uint4 vv = a.cache_ready && j != fresh_pos ? vpre[i] : load(value_row(j) + c);
       const T* vp = reinterpret_cast<const T*>(&vv);
       const float p = scores[j - k0];
 #pragma unroll
@@ -352,7 +440,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     }
 #pragma unroll 4
     for (int j = k0 + g + kValuePrefetch * groups; j < k1; j += groups) {
-      const uint4 vv = value_row(j)[c];
+      const uint4 vv = load(value_row(j) + c);
       const T* vp = reinterpret_cast<const T*>(&vv);
       const float p = scores[j - k0];
 #pragma unroll
@@ -381,6 +469,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
       out[d] = from_f32<T>(v * inv);
   }
   if constexpr (kProject) {
+    if (kQkv && tid == 0) wait_until(a.qkv.staged, all_staged, a.qkv.wait);  // before adding into the row
     cp_async_wait<0>();
     __syncthreads();  // the head's output and the weight slice are in shared memory
     project<T>(a, qs, wslice, cols, nv, c0, t, h, sum_parts);
@@ -486,6 +575,50 @@ size_t project_smem(const AttentionArgs& a, int cols) {
   return scores_bytes(a.max_keys) + size_t(a.head_dim) * size_t(cols) * dtype_size(a.dtype);
 }
 
+// The fused GEMV's shared memory behind the slice (rounded to 16 bytes): the staged input row, then `rows`
+// weight rows.
+size_t qkv_smem(const AttentionArgs& a, int cols, int rows) {
+  const size_t es = dtype_size(a.dtype), row = size_t(a.qkv.K) * es;
+  return scores_bytes(a.max_keys) + (size_t(a.head_dim) * size_t(cols) * es + 15) / 16 * 16 + row +
+         size_t(rows) * row;
+}
+
+bool qkv_fits(const AttentionArgs& a) {
+  const int64_t es = int64_t(dtype_size(a.dtype)), vec = 16 / es;
+  const AttentionQkv& q = a.qkv;
+  return q.W && q.y && q.in.x && q.in.gamma && q.in.xt == DType::F32 && !q.in.rows && a.T == 1 &&
+         (q.parts == 1 || q.parts == 3) && q.K > 0 && q.K % vec == 0 && aligned16(q.W) && q.head_counters &&
+         q.staged && q.wait.fault;
+}
+
+// Launches attention_rows_kernel<T, true, true> when all of its blocks fit on the GPU at once (each waits for
+// its head's blocks, and for all before adding into the residual), with as many of each block's weight rows
+// prefetched into shared memory as that allows; returns false (nothing launched) if they cannot fit.
+template <typename T>
+bool launch_with_qkv(AttentionArgs p, dim3 grid, cudaStream_t stream) {
+  auto* kernel = attention_rows_kernel<T, true, true>;
+  static const bool configured = [&] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxRowsSmem));
+    return true;
+  }();
+  (void)configured;
+  const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
+  const int S = int(grid.z);
+  const int rows = (p.qkv.parts * p.head_dim + S - 1) / S;
+  for (int r = rows;; r = r > 1 ? r / 2 : r - 1) {
+    const size_t smem = qkv_smem(p, p.proj_cols, r);
+    int per_sm = 0;
+    if (smem <= kMaxRowsSmem &&
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowThreads, smem) == cudaSuccess &&
+        int64_t(per_sm) * sm_count() >= blocks) {
+      p.qkv.smem_rows = r;
+      launch_pdl(kernel, grid, dim3(kRowThreads), smem, stream, p);
+      return true;
+    }
+    if (r == 0) return false;
+  }
+}
+
 }  // namespace
 
 bool attention_can_project(const AttentionArgs& a) {
@@ -509,8 +642,17 @@ void attention(const AttentionArgs& a, Stream stream) {
     p.proj_cols = project_columns(a);
     const size_t smem = project_smem(a, p.proj_cols);
     const dim3 grid(unsigned(a.T), unsigned(a.heads), unsigned((a.proj_n + p.proj_cols - 1) / p.proj_cols));
+    if (a.qkv.W && !qkv_fits(a)) internal_error("attention: the fused QKV GEMV cannot take this call");
     dispatch_dtype(a.dtype, [&](auto z) {
       using T = decltype(z);
+      if (a.qkv.W) {
+        if (launch_with_qkv<T>(p, grid, stream)) return;
+        // Its blocks do not all fit at once: the GEMV as its own kernel first.
+        const AttentionQkv& q = a.qkv;
+        gemv(q.in, 1, q.K, q.W, a.dtype, int64_t(q.parts) * a.heads * a.head_dim, q.bias, Act::Identity, false,
+             false, q.y, a.dtype, stream);
+        p.qkv = AttentionQkv{};
+      }
       static const bool configured = [] {
         cudaFuncSetAttribute(attention_rows_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(kMaxRowsSmem));

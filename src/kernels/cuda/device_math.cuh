@@ -76,6 +76,31 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Greedy argmax as one 64-bit key a row (ops.h: argmax_rows, gemv's `argmax`): a key orders (value, index)
+// as torch.argmax does: the larger value wins, NaN above everything, and on ties the smaller index. The
+// value's bits made order-preserving as an unsigned integer in the high half, the complement of the index in
+// the low half (argmax_index() in ops.h decodes it).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
+  unsigned u = __float_as_uint(v);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(u) << 32) | (0xffffffffu - static_cast<unsigned>(i));
+}
+
+__device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long k) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, k, o);
+    k = other > k ? other : k;
+  }
+  return k;
+}
+
+// *key = max(*key, k) across the grid. The plain read first skips the atomic (and its queue at one L2
+// address, shared by every warp of the grid) when a larger key is already there, as it mostly is.
+__device__ __forceinline__ void raise_argmax_key(unsigned long long* key, unsigned long long k) {
+  if (k > *reinterpret_cast<volatile unsigned long long*>(key)) atomicMax(key, k);
+}
+
 // Sum over a block whose size is a multiple of 32 (at most 1024); every thread gets the result. `shared`
 // holds 32 floats and may be reused right after the call returns.
 __device__ __forceinline__ float block_sum(float v, float* shared) {

@@ -123,25 +123,8 @@ __global__ void store_kv_kernel(const T* src, int64_t src_stride, int64_t k_offs
   }
 }
 
-// Greedy argmax in two passes: kArgmaxSlices blocks per row each reduce a slice to one 64-bit key, then one
-// warp per row reduces the keys. A key orders (value, index) as torch.argmax does: the larger value wins, NaN
-// above everything, and on ties the smaller index: the value's bits made order-preserving as an unsigned
-// integer in the high half, the complement of the index in the low half.
-__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
-  unsigned u = __float_as_uint(v);
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return (static_cast<unsigned long long>(u) << 32) | (0xffffffffu - static_cast<unsigned>(i));
-}
-
-__device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long k) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const unsigned long long other = __shfl_xor_sync(0xffffffffu, k, o);
-    k = other > k ? other : k;
-  }
-  return k;
-}
-
+// Greedy argmax: kArgmaxSlices blocks a row each reduce a slice of it to one key (argmax_key) and raise the
+// row's key with it. The keys start at zero (the session's token upload clears them), so one kernel does it.
 __global__ void argmax_slices_kernel(const float* logits, int64_t V, unsigned long long* keys) {
   pdl_wait();
   pdl_trigger();
@@ -160,20 +143,8 @@ __global__ void argmax_slices_kernel(const float* logits, int64_t V, unsigned lo
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < int(blockDim.x >> 5); ++w) best = s[w] > best ? s[w] : best;
-    keys[int64_t(blockIdx.x) * gridDim.y + blockIdx.y] = best;
+    raise_argmax_key(keys + blockIdx.x, best);
   }
-}
-
-__global__ void argmax_finish_kernel(const unsigned long long* keys, int slices, int32_t* ids) {
-  pdl_wait();
-  pdl_trigger();
-  unsigned long long best = 0;
-  for (int i = threadIdx.x; i < slices; i += 32) {
-    const unsigned long long k = keys[int64_t(blockIdx.x) * slices + i];
-    best = k > best ? k : best;
-  }
-  best = warp_max_u64(best);
-  if (threadIdx.x == 0) ids[blockIdx.x] = int32_t(0xffffffffu - unsigned(best & 0xffffffffu));
 }
 
 }  // namespace
@@ -242,14 +213,11 @@ void store_kv(const void* src, int64_t src_stride, int64_t k_offset, int64_t v_o
   check_launch("store_kv");
 }
 
-void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, unsigned long long* scratch,
-                 Stream stream) {
+void argmax_rows(const float* logits, int64_t R, int64_t V, unsigned long long* keys, Stream stream) {
   if (R == 0) return;
   if (V < 1 || V > int64_t(0x7fffffff)) internal_error("argmax_rows: bad vocabulary size");
   const unsigned slices = unsigned(std::min<int64_t>(kArgmaxSlices, (V + 1023) / 1024));
-  launch_pdl(argmax_slices_kernel, dim3(unsigned(R), slices), dim3(256), 0, stream, logits, V, scratch);
-  launch_pdl(argmax_finish_kernel, dim3(unsigned(R)), dim3(32), 0, stream,
-             static_cast<const unsigned long long*>(scratch), int(slices), ids);
+  launch_pdl(argmax_slices_kernel, dim3(unsigned(R), slices), dim3(256), 0, stream, logits, V, keys);
   check_launch("argmax_rows");
 }
 

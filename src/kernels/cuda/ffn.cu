@@ -21,7 +21,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/row_input.cuh"
-#include "kernels/cuda/staged_count.h"
+#include "kernels/cuda/staged_wait.cuh"
 
 namespace kestrel::cuda {
 
@@ -48,6 +48,7 @@ struct FfnParams {
   bool h_f32;  // h stays fp32; otherwise it is rounded to the weight dtype, as the unfused plan stores it
   float* x;
   unsigned long long* staged;  // FfnArgs::staged
+  BlockWait wait;              // FfnArgs::wait
 };
 
 // The staged input row's bytes, rounded up to 16 so the partial outputs after it stay float4-aligned.
@@ -56,28 +57,18 @@ __host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes)
 }
 
 // Every block reads the residual row x while it stages its input and adds its partial outputs into the same
-// row at the end, so no block may add before every block has staged: a counter says when (staged_count.h has
-// its arithmetic). Until 2026-11-26 blocks added into an accumulator instead, and the last block to finish
-// (another counter) added that to x and cleared it: a chain of fence, counter, reads and writes after the
-// last block's work that cost GPT-2 XL's decode step 4.5 % and small's 7 %
-// (bench/results/gpu_ffn_tail_h100_2026-11-26.txt). A block arrives (one thread, after the __syncthreads that
-// ends its staging) with arrive_staged(), which returns the count at which all have; the round trip's result
-// is needed only at the end, in wait_staged(). Every block of a call must be resident at once (the grids are
-// clamped to that).
+// row at the end, so no block may add before every block has staged: a counter says when (staged_wait.cuh).
+// Until 2026-11-26 blocks added into an accumulator instead, and the last block to finish (another counter)
+// added that to x and cleared it: a chain of fence, counter, reads and writes after the last block's work that
+// cost GPT-2 XL's decode step 4.5 % and small's 7 % (bench/results/gpu_ffn_tail_h100_2026-11-26.txt). A block
+// arrives (one thread, after the __syncthreads that ends its staging), which returns the count at which all
+// have; the round trip's result is needed only at the end, in wait_staged().
 __device__ __forceinline__ unsigned long long arrive_staged(unsigned long long* counter) {
-  const unsigned long long add = staged::add(blockIdx.x, gridDim.x);
-  unsigned long long before;
-  asm volatile("atom.release.gpu.global.add.u64 %0, [%1], %2;"
-               : "=l"(before)
-               : "l"(counter), "l"(add)
-               : "memory");
-  return staged::target(before);
+  return arrive(counter, blockIdx.x, gridDim.x);
 }
 
-__device__ __forceinline__ void wait_staged(const unsigned long long* counter, unsigned long long target) {
-  unsigned long long count;
-  do asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(count) : "l"(counter) : "memory");
-  while (count < target);
+__device__ __forceinline__ void wait_staged(const FfnParams& p, unsigned long long target) {
+  wait_until(p.staged, target, p.wait);
 }
 
 // x[d] += the block's partial output sums[d] (and b2, once: block 0), one vector atomic per four outputs. The
@@ -238,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) ffn_kernel(FfnParams p
     }
     *reinterpret_cast<float4*>(part + d) = sum;
   }
-  if (threadIdx.x == 0) wait_staged(p.staged, all_staged);
+  if (threadIdx.x == 0) wait_staged(p, all_staged);
   __syncthreads();
   add_to_residual(p, part);
 }
@@ -258,11 +249,12 @@ void launch(const FfnParams& p, cudaStream_t stream) {
   int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "ffn");
   const int64_t units = kGated ? p.F : (p.F + 1) / 2;  // feature pairs (gated: features)
-  // KESTREL_FFN_BLOCKS=n: a grid of n blocks (tuning experiments)
-  static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
   // At most what is resident at once: every block waits for all to have staged (arrive_staged).
-  const int64_t blocks = std::clamp<int64_t>(forced > 0 ? forced : (units + kWarps - 1) / kWarps, 1,
-                                             int64_t(std::max(per_sm, 1)) * sms);
+  // KESTREL_FFN_BLOCKS=n: a grid of n blocks, even more than that (tuning, and the test of the bounded wait)
+  static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
+  const int64_t blocks =
+      forced > 0 ? forced
+                 : std::clamp<int64_t>((units + kWarps - 1) / kWarps, 1, int64_t(std::max(per_sm, 1)) * sms);
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
 }
 
@@ -479,7 +471,7 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
     if (producer) {
       const unsigned long long all_staged = arrive_staged(p.staged);
       for (int i = S; i < stages; ++i) ring.produce(i, fill);
-      wait_staged(p.staged, all_staged);
+      wait_staged(p, all_staged);
     }
   } else {
     const int t = threadIdx.x;
@@ -567,9 +559,11 @@ void launch_form(const FfnParams& p, cudaStream_t stream) {
   // Every block must be resident at once (each waits for all to have staged: arrive_staged).
   int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, l.total)), "ffn_bulk");
+  // (KESTREL_FFN_BLOCKS=n: n blocks, even more than that, as in the register form.)
   static const int64_t forced = env_int("KESTREL_FFN_BLOCKS");
-  const int64_t blocks = std::clamp<int64_t>(std::min<int64_t>(forced > 0 ? forced : sm_count(), p.F), 1,
-                                             int64_t(std::max(per_sm, 1)) * sm_count());
+  const int64_t blocks = forced > 0 ? std::min<int64_t>(forced, p.F)
+                                    : std::clamp<int64_t>(std::min<int64_t>(sm_count(), p.F), 1,
+                                                          int64_t(std::max(per_sm, 1)) * sm_count());
   Params bp{p,
             l.group,
             l.stages,
@@ -606,8 +600,9 @@ void ffn(const FfnArgs& a, Stream stream) {
   if (a.in.xt != DType::F32 || a.in.rows) internal_error("ffn: the input must be one fp32 residual row");
   if (a.ht != DType::F32 && a.ht != a.wt)
     internal_error("ffn: the hidden dtype is neither fp32 nor the weights'");
-  if (!aligned16(a.W1) || !aligned16(a.W2t) || !aligned16(a.in.x) || !a.staged)
+  if (!aligned16(a.W1) || !aligned16(a.W2t) || !aligned16(a.in.x))
     internal_error("ffn: operands not 16-byte aligned");
+  if (!a.staged || !a.wait.fault) internal_error("ffn: no staged counter or fault flag");
   FfnParams p{RowInput{a.in.x, nullptr, a.in.gamma, a.in.beta, a.in.rms, a.in.eps, a.in.out_scale, 1, a.D},
               a.D,
               a.F,
@@ -618,7 +613,8 @@ void ffn(const FfnArgs& a, Stream stream) {
               a.act,
               a.ht == DType::F32,
               static_cast<float*>(const_cast<void*>(a.in.x)),
-              a.staged};
+              a.staged,
+              a.wait};
   dispatch_dtype(a.wt, [&](auto w) {
     using T = decltype(w);
     if (bulk::usable(a.D, a.F, sizeof(T), a.gated, p.h_f32))

@@ -16,7 +16,8 @@
 // to device memory. Plain rows in the weight dtype are read in place (through L1).
 //
 // The epilogue adds the bias, applies the activation (or the gate of a gated FFN: act(x·W[n]) * (x·W[n+F])),
-// and writes or adds (residual) the result in the output dtype. Accumulation is fp32 throughout.
+// and writes or adds (residual) the result in the output dtype. Accumulation is fp32 throughout. A greedy
+// step's LM head also raises each row's argmax key with its outputs (`argmax`), one atomic a warp at most.
 #include <algorithm>
 
 #include "kernels/cuda/device_math.cuh"
@@ -45,6 +46,7 @@ struct GemvParams {
   Act act;
   bool residual, vector_ok;
   void* y;
+  unsigned long long* argmax;  // [M] argmax keys raised with the outputs' (fp32 outputs), or null
 };
 
 // Warp w owns features w, w + S, w + 2S, ... (S = warps in the grid) and computes them two at a time:
@@ -92,6 +94,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_kernel(GemvParams
   const TY* bias = static_cast<const TY*>(p.bias);
 
   float acc0[kRows] = {}, acc1[kRows] = {};
+  unsigned long long best = 0;  // lane m: the largest argmax key of row m's outputs so far (p.argmax)
   // Lane m writes row m's outputs of feature f (and of its partner).
   auto finish = [&](int64_t f, bool has_second) {
 #pragma unroll
@@ -103,7 +106,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_kernel(GemvParams
     auto store = [&](int m, int64_t g, float v) {
       TY* out = y + int64_t(m) * N + g;
       if (p.residual) v += to_f32(*out);
-      *out = from_f32<TY>(v);
+      const TY r = from_f32<TY>(v);
+      *out = r;
+      if (p.argmax) best = max(best, argmax_key(to_f32(r), g));
     };
 #pragma unroll
     for (int m = 0; m < kRows; ++m) {
@@ -170,6 +175,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_kernel(GemvParams
       finish(f, r1 != nullptr);
     }
   }
+  if (p.argmax && lane < M) raise_argmax_key(p.argmax + lane, best);
 }
 
 // Tall rows (GPT-2's second FFN projection, T5's wo: few output features, long rows): in gemv_kernel most
@@ -255,7 +261,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemv_tall_kernel(GemvP
       }
       float v = kGated ? activate(p.act, s0) * s1 : activate(p.act, s0 + (bias ? to_f32(bias[f]) : 0.0f));
       if (p.residual) v += to_f32(y[f]);
-      y[f] = from_f32<TY>(v);
+      const TY r = from_f32<TY>(v);
+      y[f] = r;
+      if (p.argmax) raise_argmax_key(p.argmax, argmax_key(to_f32(r), f));  // few features a block here
     }
     __syncthreads();
   }
@@ -308,7 +316,7 @@ bool gemv_stages_input(int64_t M, int64_t K, DType wt) {
 }
 
 void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
-          Act act, bool gated, bool residual, void* y, DType yt, Stream stream) {
+          Act act, bool gated, bool residual, void* y, DType yt, Stream stream, unsigned long long* argmax) {
   if (M == 0) return;
   if (M > kGemvMaxRows) internal_error("gemv: more rows than kGemvMaxRows");
   // Plain rows in the weight dtype are read where they are (through L1); anything else is staged.
@@ -318,8 +326,9 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
   if (in.xt != DType::F32 && in.xt != wt)
     internal_error("gemv: input dtype is neither fp32 nor the weights'");
   if (yt != DType::F32 && yt != wt) internal_error("gemv: output dtype is neither fp32 nor the weights'");
+  if (argmax && (yt != DType::F32 || gated)) internal_error("gemv: an argmax of 16-bit or gated outputs");
   if (M == 1 && !gated && gemv_bulk_supported(K, N, wt, W)) {
-    gemv_bulk(in, K, W, wt, N, bias, act, residual, y, yt, stream);
+    gemv_bulk(in, K, W, wt, N, bias, act, residual, y, yt, stream, argmax);
     return;
   }
   GemvParams p{RowInput{in.x, in.rows, in.gamma, in.beta, in.rms, in.eps, in.out_scale, int(M), K},
@@ -329,7 +338,8 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
                act,
                residual,
                false,
-               y};
+               y,
+               argmax};
   p.vector_ok = (K * int64_t(dtype_size(wt))) % 16 == 0 && aligned16(W) && (staged || aligned16(in.x));
   dispatch_linear_dtypes(wt, in.xt, yt, [&](auto w, auto x, auto y) {
     using T = decltype(w);

@@ -41,6 +41,7 @@ struct BulkParams {
   Act act;
   bool residual;
   void* y;
+  unsigned long long* argmax;  // the row's argmax key, raised with the outputs' (gemv's `argmax`), or null
   int rows_per_stage, stages;
   unsigned row_bytes;
 };
@@ -86,6 +87,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_bulk_kernel(BulkParams p) {
   const uint4* xv = reinterpret_cast<const uint4*>(xs);
   TY* y = static_cast<TY*>(p.y);
   const TY* bias = static_cast<const TY*>(p.bias);
+  unsigned long long best = 0;  // lane 0: the largest argmax key of the warp's outputs (p.argmax)
   for (int i = 0; i < stages; ++i) {
     ring.wait(i);
     const int64_t r0 = r_begin + int64_t(i) * R;
@@ -98,11 +100,14 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_bulk_kernel(BulkParams p) {
         const int64_t n = r0 + j;
         float out = activate(p.act, acc + (bias ? to_f32(bias[n]) : 0.0f));
         if (p.residual) out += to_f32(y[n]);
-        y[n] = from_f32<TY>(out);
+        const TY r = from_f32<TY>(out);
+        y[n] = r;
+        if (p.argmax) best = max(best, argmax_key(to_f32(r), n));
       }
     }
     ring.release(i);
   }
+  if (p.argmax && lane == 0) raise_argmax_key(p.argmax, best);
 }
 
 struct Plan {
@@ -162,7 +167,7 @@ bool gemv_bulk_supported(int64_t K, int64_t N, DType wt, const void* W) {
 }
 
 void gemv_bulk(const LinearInput& in, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
-               Act act, bool residual, void* y, DType yt, Stream stream) {
+               Act act, bool residual, void* y, DType yt, Stream stream, unsigned long long* argmax) {
   if (!gemv_bulk_supported(K, N, wt, W)) internal_error("gemv_bulk: unsupported shape or GPU");
   BulkParams p{RowInput{in.x, in.rows, in.gamma, in.beta, in.rms, in.eps, in.out_scale, 1, K},
                W,
@@ -171,6 +176,7 @@ void gemv_bulk(const LinearInput& in, int64_t K, const void* W, DType wt, int64_
                act,
                residual,
                y,
+               argmax,
                0,
                0,
                0};

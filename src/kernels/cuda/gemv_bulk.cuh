@@ -19,6 +19,7 @@ size_t bulk_ring_bytes();
 
 // y[N] = act(in · Wᵀ + bias) (+= with residual) for one input row described by `in` (see LinearInput).
 void gemv_bulk(const LinearInput& in, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
-               Act act, bool residual, void* y, DType yt, Stream stream);
+               Act act, bool residual, void* y, DType yt, Stream stream,
+               unsigned long long* argmax = nullptr);
 
 }  // namespace kestrel::cuda

@@ -10,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "kernels/act.h"
+#include "kernels/cuda/staged_wait.cuh"
 
 struct CUstream_st;
 
@@ -92,8 +93,11 @@ struct LinearInput {
 bool gemv_stages_input(int64_t M, int64_t K, DType wt);
 
 // linear() / gated_linear() for M <= kGemvMaxRows rows, with the input described by `in` (see LinearInput).
+// With `argmax` (fp32 outputs, not gated), argmax[m] is also raised to row m's argmax key as argmax_rows()
+// does, so a greedy step needs no kernel after its LM head.
 void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const void* bias,
-          Act act, bool gated, bool residual, void* y, DType yt, Stream stream);
+          Act act, bool gated, bool residual, void* y, DType yt, Stream stream,
+          unsigned long long* argmax = nullptr);
 
 // A decode step's feed-forward block for one row, as one kernel (ffn.cu). With x the fp32 residual row
 // in.x[D] and n = norm(x) as `in` describes it (rounded to the weight dtype, as gemv() stages it):
@@ -116,6 +120,10 @@ struct FfnArgs {
   // Zero before the session's first ffn() call, then only ffn()'s: how many of a call's blocks have staged
   // their input (ffn.cu, arrive_staged). Calls sharing it must run one after another.
   unsigned long long* staged = nullptr;
+  // Its fault flag is set when a call's blocks waited for each other longer than wait_ns: they were not all
+  // resident at once, so the call's results are wrong (staged_wait.cuh). The caller must check it after the
+  // stream synchronises, and fail.
+  BlockWait wait;
 };
 // Whether ffn() runs a block with model width D, hidden width F and weights in wt.
 bool ffn_supported(int64_t D, int64_t F, DType wt);
@@ -147,6 +155,24 @@ void store_kv(const void* src, int64_t src_stride, int64_t k_offset, int64_t v_o
 // of that row stored at k + (key_base[row] + j) * kv_stride + head * head_dim. Scores, softmax and the
 // weighted sum stay in registers and shared memory; only the output (and, when split, per-split partial sums)
 // reach device memory.
+// The GEMV that feeds a decode attention with its output projection fused in (AttentionArgs::qkv), run inside
+// the attention kernel: y = norm(in) · Wᵀ + bias over `parts` · heads · head_dim rows (query, key and value for
+// self-attention, the query for cross-attention), one row.
+struct AttentionQkv {
+  LinearInput in;  // the fp32 residual row, normalised on the way in (gamma set)
+  int64_t K = 0;
+  const void* W = nullptr;     // [parts · heads · head_dim, K] in the attention's dtype
+  const void* bias = nullptr;  // [parts · heads · head_dim] in the attention's dtype, or null
+  int parts = 0;
+  void* y = nullptr;  // the output row, which q (and fresh) point into
+  // Zero before the session's first call, then only these kernels' and ffn()'s (staged_wait.cuh): per head,
+  // its blocks that have written their features; all blocks that have read the residual row.
+  unsigned long long* head_counters = nullptr;  // [heads]
+  unsigned long long* staged = nullptr;
+  BlockWait wait;
+  int smem_rows = 0;  // weight rows a block prefetches into shared memory (set by attention())
+};
+
 struct AttentionArgs {
   const void* q = nullptr;
   int64_t q_stride = 0;
@@ -205,6 +231,9 @@ struct AttentionArgs {
   float* proj_out = nullptr;
   int64_t proj_n = 0;
   int proj_cols = 0;  // columns of a slice (set by attention())
+  // One row (T = 1) with the projection fused in: the GEMV producing q, k, v fused in too (qkv.W set), when
+  // every block fits on the GPU at once (attention() checks; otherwise it runs gemv() first).
+  AttentionQkv qkv;
 };
 constexpr int kMaxHeadDim = 256;
 void attention(const AttentionArgs& a, Stream stream);
@@ -253,11 +282,14 @@ size_t step_program_bytes(size_t n_ops);
 void upload_step_program(const std::vector<StepOp>& ops, void* program, Stream stream);
 void run_step_program(const void* program, size_t n_ops, Stream stream);
 
-// ids[r] = argmax over logits[r, :V] (fp32), the first index on ties (as torch.argmax).
-// `scratch` holds R * kArgmaxSlices 64-bit keys.
+// Greedy argmax of R rows of fp32 logits [R, V], the first index on ties (as torch.argmax), as one 64-bit key
+// a row: keys[r] (zero beforehand) is raised to the largest key of row r's logits; argmax_index() decodes it.
+// One kernel; gemv() can do the same in its epilogue (its `argmax`), which saves even that.
 constexpr int64_t kArgmaxSlices = 64;
-void argmax_rows(const float* logits, int64_t R, int64_t V, int32_t* ids, unsigned long long* scratch,
-                 Stream stream);
+void argmax_rows(const float* logits, int64_t R, int64_t V, unsigned long long* keys, Stream stream);
+constexpr int32_t argmax_index(unsigned long long key) {
+  return int32_t(0xffffffffu - unsigned(key & 0xffffffffu));
+}
 
 // The next token of each of R rows (or its best candidates, for beam search) from fp32 logits [*, V], with
 // transformers' greedy / sampling / beam processors
