@@ -39,10 +39,10 @@ PYEOF
 for m in gpt2 t5; do
   for p in fp16 fp32; do
     # fp16 with the one-kernel feed-forward block forced (these models are below its size threshold; its
-    # bulk-copy form on sm_90), fp32 with the opt-in bulk-copy GEMV.
+    # bulk-copy form on sm_90) and the opt-in QKV GEMV inside attention, fp32 with the opt-in bulk-copy GEMV.
     ffn=$([ $p = fp16 ] && echo 1 || echo auto)
     gemv_bulk=$([ $p = fp32 ] && echo 1 || echo 0)
-    KESTREL_FFN_KERNEL=$ffn KESTREL_FFN_BULK=$ffn KESTREL_GEMV_BULK=$gemv_bulk timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" \
+    KESTREL_FFN_KERNEL=$ffn KESTREL_FFN_BULK=$ffn KESTREL_ATTN_QKV=$ffn KESTREL_GEMV_BULK=$gemv_bulk timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" \
       --model "$MC/$m" --device cuda --precision $p --prompts "$MC/p.json" --score "$MC/s.json" --new-tokens 4 \
       --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
     rc=$?; echo "memcheck $m $p ffn=$ffn gemv_bulk=$gemv_bulk rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
@@ -60,9 +60,10 @@ for m in gpt2 t5; do
     done
   fi
   # Shared-memory races and barrier misuse in the kernels that split a block into roles (bulk-copy producer and
-  # consumers, named barriers between them): the bulk FFN (tensor-core consumers in fp16) and the bulk GEMV.
+  # consumers, named barriers between them): the bulk FFN (tensor-core consumers in fp16) and the bulk GEMV;
+  # and the attention kernel with the QKV GEMV inside (its blocks wait for each other).
   for tool in racecheck synccheck; do
-    KESTREL_FFN_KERNEL=1 KESTREL_FFN_BULK=1 KESTREL_GEMV_BULK=1 timeout 240 compute-sanitizer --tool $tool \
+    KESTREL_FFN_KERNEL=1 KESTREL_FFN_BULK=1 KESTREL_ATTN_QKV=1 KESTREL_GEMV_BULK=1 timeout 240 compute-sanitizer --tool $tool \
       --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" --model "$MC/$m" --device cuda --precision fp16 \
       --prompts "$MC/p.json" --new-tokens 3 --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
     rc=$?; echo "$tool $m fp16 ffn=1 gemv_bulk=1 rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1

@@ -239,7 +239,7 @@ def test_attention_projection_matches_unfused(models, tmp_path, arch, precision)
 def test_qkv_gemv_inside_attention_matches_separate(models, tmp_path, arch, precision):
     """Decode attention (projection fused in) with the GEMV that feeds it computed inside it too (attention.cu,
     AttentionArgs::qkv: QKV, or T5's cross-attention query; a head's blocks compute its features, count in on
-    the head's counter and attend once all have; on by default) against that GEMV as its own kernel
+    the head's counter and attend once all have; opt-in: slower on an H100) against that GEMV as its own kernel
     (KESTREL_ATTN_QKV=0), and in fp32 against transformers' greedy."""
     decodes_agree(models, tmp_path, arch, precision, 32, "attention_qkv", {"KESTREL_ATTN_QKV": "1"},
                   {"KESTREL_ATTN_QKV": "0"})

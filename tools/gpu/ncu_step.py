@@ -1,5 +1,5 @@
-"""One decode step from an Nsight Compute CSV of tools/gpu/profile_decode.sh: the launches between the last two
-argmax_finish kernels, grouped by kernel, with time, DRAM bytes read and read rate, then the step's first launches.
+"""One decode step from an Nsight Compute CSV of tools/gpu/profile_decode.sh: the launches from the second-last
+embedding kernel (a step's first) to the last, grouped by kernel, with time, DRAM bytes read and read rate, then the step's first launches.
 
   python tools/gpu/ncu_step.py OUT/prof/ncu_xl.csv [more.csv ...]
 """
@@ -12,10 +12,10 @@ def rows(path):
     return [dict(zip(header, r)) for r in reader if len(r) == len(header)]
 for path in sys.argv[1:]:
     L = rows(path)
-    idx = [i for i, r in enumerate(L) if "argmax_finish" in r["Kernel Name"]]
-    print(path, "argmax_finish at", idx)
+    idx = [i for i, r in enumerate(L) if "embedding_kernel" in r["Kernel Name"]]
+    print(path, "embedding at", idx)
     if len(idx) < 2: continue
-    step = L[idx[-2] + 1: idx[-1] + 1]
+    step = L[idx[-2]: idx[-1]]
     tot = sum(float(r["gpu__time_duration.sum"].replace(",", "")) for r in step)
     byts = sum(float(r["dram__bytes_read.sum"].replace(",", "")) for r in step)
     print(f"one step: {len(step)} launches, {tot/1e3:.1f} us kernel time, {byts/1e6:.1f} MB, {byts/tot:.0f} GB/s")

@@ -22,6 +22,7 @@
 // Heads whose size is not a multiple of 16 bytes use attention_kernel: 4 warps, each walking every 4th key
 // with an online softmax (lane L owns dimensions L, L+32, ...), merged through shared memory.
 #include <algorithm>
+#include <cstdlib>
 
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/device_math.cuh"
@@ -239,7 +240,11 @@ constexpr int kQkvRegs = 16;
 // value (qkv_row), the weight rows prefetched into shared memory before pdl_wait() as far as qkv.smem_rows
 // says; it then counts in on its head's counter and waits for the head's other blocks, so the head's
 // attention starts as soon as its own features are written: no kernel boundary between the GEMV and the
-// attention. Every block has read the residual row before any block adds into it (qkv.staged).
+// attention. Every block has read the residual row before any block adds into it (qkv.staged). Opt-in
+// (KESTREL_ATTN_QKV=1): on an H100 it is slower than the GEMV as its own kernel (GPT-2 small 0.392 against
+// 0.292 ms a step): with 4 warps a block and one or a few blocks an SM, each warp's chain of instructions
+// grows by the GEMV's, while programmatic dependent launch had already hidden most of the boundary it
+// removes (kernels/cuda/NOTES.md, "Sixth session").
 template <typename T, bool kProject, bool kQkv = false>
 __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     attention_rows_kernel(AttentionArgs a) {
@@ -604,7 +609,9 @@ bool launch_with_qkv(AttentionArgs p, dim3 grid, cudaStream_t stream) {
   (void)configured;
   const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
   const int S = int(grid.z);
-  const int rows = (p.qkv.parts * p.head_dim + S - 1) / S;
+  // KESTREL_ATTN_QKV_ROWS=n: at most n rows in shared memory (tuning)
+  static const int64_t cap = std::getenv("KESTREL_ATTN_QKV_ROWS") ? env_int("KESTREL_ATTN_QKV_ROWS") : -1;
+  const int rows = int(std::min<int64_t>((p.qkv.parts * p.head_dim + S - 1) / S, cap >= 0 ? cap : 1 << 20));
   for (int r = rows;; r = r > 1 ? r / 2 : r - 1) {
     const size_t smem = qkv_smem(p, p.proj_cols, r);
     int per_sm = 0;

@@ -232,7 +232,8 @@ struct AttentionArgs {
   int64_t proj_n = 0;
   int proj_cols = 0;  // columns of a slice (set by attention())
   // One row (T = 1) with the projection fused in: the GEMV producing q, k, v fused in too (qkv.W set), when
-  // every block fits on the GPU at once (attention() checks; otherwise it runs gemv() first).
+  // every block fits on the GPU at once (attention() checks; otherwise it runs gemv() first). The session
+  // sets it only with KESTREL_ATTN_QKV=1 (slower on an H100: kernels/cuda/NOTES.md).
   AttentionQkv qkv;
 };
 constexpr int kMaxHeadDim = 256;
