@@ -1129,8 +1129,8 @@ void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& p
   if (impl_->pending_qkv) internal_error("a fused QKV GEMV was left unrun");
 }
 
-bool CudaSession::feeds_projected_attention(const std::vector<BoundOp>& program, size_t at, const BoundOp& lin,
-                                            const Pass& pass) const {
+bool CudaSession::feeds_projected_attention(const std::vector<BoundOp>& program, size_t at,
+                                            const BoundOp& lin, const Pass& pass) const {
   // Opt-in (KESTREL_ATTN_QKV=1) until it beats the GEMV as its own kernel: on an H100 it is slower
   // (kernels/cuda/NOTES.md, "Sixth session").
   static const bool on = env_switch("KESTREL_ATTN_QKV") == EnvSwitch::On;

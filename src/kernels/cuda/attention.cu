@@ -231,7 +231,8 @@ __device__ __forceinline__ int qkv_block_rows(const AttentionArgs& a, int z, int
   const int n = a.qkv.parts * a.head_dim;
   return z < n ? (n - 1 - z) / S + 1 : 0;
 }
-// The normalised input row of the fused GEMV is read from registers for up to kQkvRegs * kRowThreads elements.
+// The normalised input row of the fused GEMV is read from registers for up to kQkvRegs * kRowThreads
+// elements.
 constexpr int kQkvRegs = 16;
 
 // With kProject (AttentionArgs::proj_wt), blockIdx.z is the column slice of the output projection rather
@@ -279,7 +280,8 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   // blocks: read them from L2 (ld.global.cg), never from a stale L1 line.
   auto load = [&](const uint4* p) { return kQkv ? __ldcg(p) : *p; };
   // Cached keys do not depend on the kernels before this one in the step: load the first one early (before
-  // pdl_wait(); with the GEMV fused in, once its features are written, while the head's blocks finish theirs).
+  // pdl_wait(); with the GEMV fused in, once its features are written, while the head's blocks finish
+  // theirs).
   uint4 kpre[kPrefetchVecs];
   const int j_pre = k0 + tid;
   const bool prefetched = a.cache_ready && DV <= kPrefetchVecs && j_pre < k1 && j_pre != fresh_pos;
@@ -308,7 +310,8 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   const int nv = kProject ? int(min(int64_t(cols), a.proj_n - c0)) / V : 0;  // 16-byte vectors a row
   // The fused GEMV's staged input row and its weight rows, behind the slice (qkv_smem()).
   const int64_t K = a.qkv.K, kvecs = K / V;
-  T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(wslice) + (size_t(D) * cols * sizeof(T) + 15) / 16 * 16);
+  T* xs =
+      reinterpret_cast<T*>(reinterpret_cast<char*>(wslice) + (size_t(D) * cols * sizeof(T) + 15) / 16 * 16);
   T* wrows = xs + kvecs * V;
   const int S = kProject ? gridDim.z : 1, z = kProject ? blockIdx.z : 0;
   const int qkv_rows = kQkv ? qkv_block_rows(a, z, S) : 0;
@@ -656,8 +659,8 @@ void attention(const AttentionArgs& a, Stream stream) {
         if (launch_with_qkv<T>(p, grid, stream)) return;
         // Its blocks do not all fit at once: the GEMV as its own kernel first.
         const AttentionQkv& q = a.qkv;
-        gemv(q.in, 1, q.K, q.W, a.dtype, int64_t(q.parts) * a.heads * a.head_dim, q.bias, Act::Identity, false,
-             false, q.y, a.dtype, stream);
+        gemv(q.in, 1, q.K, q.W, a.dtype, int64_t(q.parts) * a.heads * a.head_dim, q.bias, Act::Identity,
+             false, false, q.y, a.dtype, stream);
         p.qkv = AttentionQkv{};
       }
       static const bool configured = [] {

@@ -1,9 +1,9 @@
 #pragma once
 // Blocks of one kernel that wait for each other through a counter in global memory (staged_count.h has the
 // arithmetic): the one-row FFN kernels (every block has read the residual row before any adds into it) and
-// attention with its QKV GEMV fused in (a head's blocks have all written its query, key and value; every block
-// has read the residual row). Every block of such a grid must be resident at once; the launches check that
-// with the occupancy calculator. Where the GPU gives a kernel fewer SMs than it reports (MPS with an
+// attention with its QKV GEMV fused in (a head's blocks have all written its query, key and value; every
+// block has read the residual row). Every block of such a grid must be resident at once; the launches check
+// that with the occupancy calculator. Where the GPU gives a kernel fewer SMs than it reports (MPS with an
 // active-thread percentage below 100), blocks could wait for blocks that cannot start: a wait gives up after
 // wait_ns, sets the fault flag (mapped host memory) that the session checks after each step, and lets the
 // block finish, with results the session then refuses, so it fails with an error instead of hanging.
