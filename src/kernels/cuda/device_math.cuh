@@ -76,16 +76,6 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Greedy argmax as one 64-bit key a row (ops.h: argmax_rows, gemv's `argmax`): a key orders (value, index)
-// as torch.argmax does: the larger value wins, NaN above everything, and on ties the smaller index. The
-// value's bits made order-preserving as an unsigned integer in the high half, the complement of the index in
-// the low half (argmax_index() in ops.h decodes it).
-__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
-  unsigned u = __float_as_uint(v);
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return (static_cast<unsigned long long>(u) << 32) | (0xffffffffu - static_cast<unsigned>(i));
-}
-
 __device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long k) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {

@@ -10,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "kernels/act.h"
+#include "kernels/cuda/argmax_key.h"
 #include "kernels/cuda/staged_wait.cuh"
 
 struct CUstream_st;
@@ -288,9 +289,6 @@ void run_step_program(const void* program, size_t n_ops, Stream stream);
 // One kernel; gemv() can do the same in its epilogue (its `argmax`), which saves even that.
 constexpr int64_t kArgmaxSlices = 64;
 void argmax_rows(const float* logits, int64_t R, int64_t V, unsigned long long* keys, Stream stream);
-constexpr int32_t argmax_index(unsigned long long key) {
-  return int32_t(0xffffffffu - unsigned(key & 0xffffffffu));
-}
 
 // The next token of each of R rows (or its best candidates, for beam search) from fp32 logits [*, V], with
 // transformers' greedy / sampling / beam processors
