@@ -8,11 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define KESTREL_HOST_DEVICE __host__ __device__
-#else
-#define KESTREL_HOST_DEVICE
-#endif
+#include "kernels/cuda/host_device.h"
 
 namespace kestrel::cuda {
 
@@ -39,5 +35,3 @@ KESTREL_HOST_DEVICE constexpr int32_t argmax_index(unsigned long long key) {
 }
 
 }  // namespace kestrel::cuda
-
-#undef KESTREL_HOST_DEVICE

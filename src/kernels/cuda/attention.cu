@@ -163,6 +163,11 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) 
 __host__ __device__ inline size_t scores_bytes(int64_t keys) {
   return (size_t(keys) * sizeof(float) + 15) / 16 * 16;
 }
+// The projection's weight slice behind the scores: head_dim rows of `cols` elements of es bytes, rounded to
+// 16 bytes (what follows it, the fused GEMV's input row, is read as 16-byte vectors).
+__host__ __device__ inline size_t slice_bytes(int64_t head_dim, int64_t cols, size_t es) {
+  return (size_t(head_dim) * size_t(cols) * es + 15) / 16 * 16;
+}
 
 __device__ __forceinline__ void add_to(float4& a, const float4& b) {
   a.x += b.x;
@@ -310,8 +315,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   const int nv = kProject ? int(min(int64_t(cols), a.proj_n - c0)) / V : 0;  // 16-byte vectors a row
   // The fused GEMV's staged input row and its weight rows, behind the slice (qkv_smem()).
   const int64_t K = a.qkv.K, kvecs = K / V;
-  T* xs =
-      reinterpret_cast<T*>(reinterpret_cast<char*>(wslice) + (size_t(D) * cols * sizeof(T) + 15) / 16 * 16);
+  T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(wslice) + slice_bytes(D, cols, sizeof(T)));
   T* wrows = xs + kvecs * V;
   const int S = kProject ? gridDim.z : 1, z = kProject ? blockIdx.z : 0;
   const int qkv_rows = kQkv ? qkv_block_rows(a, z, S) : 0;
@@ -580,15 +584,14 @@ int project_columns(const AttentionArgs& a) {
 }
 
 size_t project_smem(const AttentionArgs& a, int cols) {
-  return scores_bytes(a.max_keys) + size_t(a.head_dim) * size_t(cols) * dtype_size(a.dtype);
+  return scores_bytes(a.max_keys) + slice_bytes(a.head_dim, cols, dtype_size(a.dtype));
 }
 
 // The fused GEMV's shared memory behind the slice (rounded to 16 bytes): the staged input row, then `rows`
 // weight rows.
 size_t qkv_smem(const AttentionArgs& a, int cols, int rows) {
   const size_t es = dtype_size(a.dtype), row = size_t(a.qkv.K) * es;
-  return scores_bytes(a.max_keys) + (size_t(a.head_dim) * size_t(cols) * es + 15) / 16 * 16 + row +
-         size_t(rows) * row;
+  return project_smem(a, cols) + row + size_t(rows) * row;
 }
 
 bool qkv_fits(const AttentionArgs& a) {

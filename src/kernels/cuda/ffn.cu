@@ -59,10 +59,10 @@ __host__ __device__ constexpr size_t stage_bytes(int64_t D, size_t weight_bytes)
 // Every block reads the residual row x while it stages its input and adds its partial outputs into the same
 // row at the end, so no block may add before every block has staged: a counter says when (staged_wait.cuh).
 // Until 2026-11-26 blocks added into an accumulator instead, and the last block to finish (another counter)
-// added that to x and cleared it: a chain of fence, counter, reads and writes after the last block's work that
-// cost GPT-2 XL's decode step 4.5 % and small's 7 % (bench/results/gpu_ffn_tail_h100_2026-11-26.txt). A block
-// arrives (one thread, after the __syncthreads that ends its staging), which returns the count at which all
-// have; the round trip's result is needed only at the end, in wait_staged().
+// added that to x and cleared it: a chain of fence, counter, reads and writes after the last block's work
+// that cost GPT-2 XL's decode step 4.5 % and small's 7 % (bench/results/gpu_ffn_tail_h100_2026-11-26.txt). A
+// block arrives (one thread, after the __syncthreads that ends its staging), which returns the count at which
+// all have; the round trip's result is needed only at the end, in wait_staged().
 __device__ __forceinline__ unsigned long long arrive_staged(unsigned long long* counter) {
   return arrive(counter, blockIdx.x, gridDim.x);
 }
@@ -323,10 +323,9 @@ bool mma_usable(int64_t D, size_t weight_bytes, bool h_f32) {
 // The consumer warps of ffn_bulk_kernel with tensor cores (kMma). A 16-bit weight vector costs the FMA loops
 // a shared-memory load, eight conversions and eight FMAs (what bounded this kernel's first versions,
 // NOTES.md); here one ldmatrix and one mma take a 16 × 16 tile. Group g (R = 16 features f0..f0+15):
-//  - up: h = act(W1[f0..] · x + b1) (gated: act(W0 · x) * (W1 · x)). The group's rows are the tile rows; warp
-//  w
-//    takes the 16-wide slices of D w, w + 16, ... with x as the B operand (every column the same x), and
-//    writes its 16 (gated 32) partial sums; after a barrier every warp adds the 16 warps' partials in the
+//  - up: h = act(W1[f0..] · x + b1) (gated: act(W0 · x) * (W1 · x)). The group's rows are the tile rows;
+//    warp w takes the 16-wide slices of D w, w + 16, ... with x as the B operand (every column the same x),
+//    and writes its 16 (gated 32) partial sums; after a barrier every warp adds the 16 warps' partials in the
 //    same order, so all warps hold the same h, rounded to T, and pass it to B by shuffles.
 //  - down: out[d] += Σ_f W2t[f][d] h[f], the stage read transposed (tile rows are 16 outputs d, columns the
 //    group's features); warp w owns output tiles w, w + 16, ... for the whole call, accumulating in

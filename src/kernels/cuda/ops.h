@@ -118,8 +118,9 @@ struct FfnArgs {
   DType ht = DType::F16;
   const void* W2t = nullptr;
   const float* b2 = nullptr;
-  // Zero before the session's first ffn() call, then only ffn()'s: how many of a call's blocks have staged
-  // their input (ffn.cu, arrive_staged). Calls sharing it must run one after another.
+  // Zero before the session's first call, then only ffn()'s and attention()'s with the QKV GEMV fused in: how
+  // many of a call's blocks have staged their input (ffn.cu, arrive_staged). Calls sharing it must run one
+  // after another.
   unsigned long long* staged = nullptr;
   // Its fault flag is set when a call's blocks waited for each other longer than wait_ns: they were not all
   // resident at once, so the call's results are wrong (staged_wait.cuh). The caller must check it after the
@@ -151,14 +152,9 @@ void store_kv(const void* src, int64_t src_stride, int64_t k_offset, int64_t v_o
               const int32_t* row, const int32_t* pos, const int32_t* phys, int64_t max_len, DType t,
               void* cache_k, void* cache_v, Stream stream);
 
-// Attention for T query tokens, all pointers on the device. Query token t belongs to batch row tok_row[t] and
-// sits at key position tok_pos[t]; it sees keys j < key_count[row] (and j <= tok_pos[t] when causal), key j
-// of that row stored at k + (key_base[row] + j) * kv_stride + head * head_dim. Scores, softmax and the
-// weighted sum stay in registers and shared memory; only the output (and, when split, per-split partial sums)
-// reach device memory.
 // The GEMV that feeds a decode attention with its output projection fused in (AttentionArgs::qkv), run inside
-// the attention kernel: y = norm(in) · Wᵀ + bias over `parts` · heads · head_dim rows (query, key and value for
-// self-attention, the query for cross-attention), one row.
+// the attention kernel: y = norm(in) · Wᵀ + bias over `parts` · heads · head_dim rows (query, key and value
+// for self-attention, the query for cross-attention), one row.
 struct AttentionQkv {
   LinearInput in;  // the fp32 residual row, normalised on the way in (gamma set)
   int64_t K = 0;
@@ -174,6 +170,11 @@ struct AttentionQkv {
   int smem_rows = 0;  // weight rows a block prefetches into shared memory (set by attention())
 };
 
+// Attention for T query tokens, all pointers on the device. Query token t belongs to batch row tok_row[t] and
+// sits at key position tok_pos[t]; it sees keys j < key_count[row] (and j <= tok_pos[t] when causal), key j
+// of that row stored at k + (key_base[row] + j) * kv_stride + head * head_dim. Scores, softmax and the
+// weighted sum stay in registers and shared memory; only the output (and, when split, per-split partial sums)
+// reach device memory.
 struct AttentionArgs {
   const void* q = nullptr;
   int64_t q_stride = 0;

@@ -8,11 +8,7 @@
 // calls before the counter wraps.
 #pragma once
 
-#if defined(__CUDACC__)
-#define KESTREL_HOST_DEVICE __host__ __device__
-#else
-#define KESTREL_HOST_DEVICE
-#endif
+#include "kernels/cuda/host_device.h"
 
 namespace kestrel::cuda::staged {
 
@@ -29,5 +25,3 @@ KESTREL_HOST_DEVICE constexpr unsigned long long target(unsigned long long befor
 }
 
 }  // namespace kestrel::cuda::staged
-
-#undef KESTREL_HOST_DEVICE
