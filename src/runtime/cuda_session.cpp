@@ -71,6 +71,18 @@ bool step_kernel_requested() {
 }
 
 // How many ops of the plan (encoder and decoder) use each weight.
+// KESTREL_LEAVE_OUT=qkv,attn,ffn: decode steps skip those kernels, so that a variant's step time shows what
+// each costs inside the graph (measurements only: the results are wrong; kernels/cuda/NOTES.md). qkv is a
+// GEMV that feeds an attention, attn a projected attention, ffn a fused feed-forward block, other any other
+// GEMV but the LM head (whose argmax the step needs).
+bool left_out(const char* kind, bool decode) {
+  static const std::string list = [] {
+    const char* v = std::getenv("KESTREL_LEAVE_OUT");
+    return v ? "," + std::string(v) + "," : std::string();
+  }();
+  return decode && !list.empty() && list.find("," + std::string(kind) + ",") != std::string::npos;
+}
+
 std::map<std::string, int> weight_use_counts(const Plan& plan) {
   std::map<std::string, int> uses;
   for (const auto* ops : {&plan.encoder, &plan.decoder})
@@ -1183,6 +1195,8 @@ size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, 
     *call = L;
     return n;
   }
+  const bool feeds_attention = i + n < program.size() && program[i + n].op->kind == OpKind::Attention;
+  if (lin.out != decoder_.back().out && left_out(feeds_attention ? "qkv" : "other", pass.decode)) return n;
   // A decode QKV (or query) GEMV of one row feeding a projected attention runs inside that attention kernel.
   if (M == 1 && L.wt == compute_ && L.yt == compute_ && !L.gated && !L.residual &&
       L.act == cuda::Act::Identity && L.in.xt == DType::F32 && !L.in.rows &&
@@ -1238,7 +1252,7 @@ size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i) {
   a.wait = block_wait();
   buffer(norm.out).rows = 1;
   buffer(up.out).rows = 1;
-  cuda::ffn(a, impl_->stream);
+  if (!left_out("ffn", true)) cuda::ffn(a, impl_->stream);
   return 3;
 }
 
@@ -1276,7 +1290,7 @@ size_t CudaSession::fused_attention(const std::vector<BoundOp>& program, size_t 
       internal_error("the QKV GEMV does not match the attention it feeds");
     impl_->pending_qkv.reset();
   }
-  cuda::attention(a, impl_->stream);
+  if (!left_out("attn", pass.decode)) cuda::attention(a, impl_->stream);
   return 2;
 }
 
