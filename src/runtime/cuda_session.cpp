@@ -1128,7 +1128,7 @@ bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const
 void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& pass) {
   impl_->pending_qkv.reset();
   for (size_t i = 0; i < program.size();) {
-    size_t fused = fused_ffn(program, i, pass);
+    size_t fused = fused_ffn(program, i);
     if (fused == 0) fused = fused_attention(program, i, pass);
     if (fused == 0) fused = fused_linear(program, i, pass);
     if (fused > 0) {
@@ -1228,7 +1228,7 @@ cuda::LinearInput CudaSession::norm_input(const BoundOp& norm, const Buffer& src
   return in;
 }
 
-size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i, const Pass& pass) {
+size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i) {
   if (!program[i].feeds_ffn) return 0;
   Buffer& x = buffer(program[i].in);
   if (x.rows != 1) return 0;  // several rows: norm, cuBLASLt, cuBLASLt (linear_in_out)
@@ -1252,17 +1252,8 @@ size_t CudaSession::fused_ffn(const std::vector<BoundOp>& program, size_t i, con
   a.wait = block_wait();
   buffer(norm.out).rows = 1;
   buffer(up.out).rows = 1;
-  // The GEMV that reads the block's output next (the next layer's QKV), run by the same kernel where it can.
-  cuda::StepLinear L;
-  const size_t next = i + 3 < program.size() ? fused_linear(program, i + 3, pass, &L) : 0;
-  const bool takes_next = next > 0 && program[i + 2 + next].out != decoder_.back().out && L.in.x == x.data &&
-                          L.in.xt == DType::F32 && !L.in.rows && L.K == a.D && L.wt == a.wt && L.yt == a.wt &&
-                          !L.gated && !L.residual && L.act == cuda::Act::Identity;
-  if (takes_next) a.next = cuda::FfnNext{L.in, L.W, L.N, L.bias, L.y};
-  if (left_out("ffn", true)) return 3;
-  if (!cuda::ffn(a, impl_->stream)) return 3;
-  ++linears_in_ffn_;
-  return 3 + next;
+  if (!left_out("ffn", true)) cuda::ffn(a, impl_->stream);
+  return 3;
 }
 
 size_t CudaSession::fused_attention(const std::vector<BoundOp>& program, size_t i, const Pass& pass) {

@@ -96,9 +96,6 @@ class CudaSession final : public Session {
   DType compute_dtype() const { return compute_; }
   size_t planned_bytes() const { return planned_bytes_; }
   int captured_graphs() const { return int(graphs_.size()); }
-  // Linears an FFN kernel ran as its next linear (cuda::FfnNext) in the passes enqueued so far: tests check
-  // that the fusion they compare against its absence took place.
-  int64_t linears_in_ffn() const { return linears_in_ffn_; }
   std::string device_name() const { return device_name_; }
   // What fp16 calibration changed (tensors kept in fp32, layers given fp32 weights); empty when nothing.
   const std::vector<std::string>& precision_notes() const { return precision_notes_; }
@@ -187,10 +184,9 @@ class CudaSession final : public Session {
   // `call`, only describes that GEMV there); returns the number of ops consumed (0: not fused).
   size_t fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass,
                       cuda::StepLinear* call = nullptr);
-  // Runs program[i..i+2] as one ffn() kernel when it is a feed-forward block over one row, with the GEMV
-  // after it (fused_linear's chain: the next layer's QKV) where the kernel can; returns the ops consumed (0:
-  // not fused).
-  size_t fused_ffn(const std::vector<BoundOp>& program, size_t i, const Pass& pass);
+  // Runs program[i..i+2] as one ffn() kernel when it is a feed-forward block over one row; returns the ops
+  // consumed (0: not fused).
+  size_t fused_ffn(const std::vector<BoundOp>& program, size_t i);
   // Whether program[at] is an attention that fused_attention() runs with its projection, reading the output
   // of linear `lin` (then the GEMV runs inside the attention kernel: Impl::pending_qkv).
   bool feeds_projected_attention(const std::vector<BoundOp>& program, size_t at, const BoundOp& lin,
@@ -229,7 +225,6 @@ class CudaSession final : public Session {
   DType compute_;
   int64_t vocab_ = 0, max_batch_ = 0, max_length_ = 0, max_tokens_ = 0, max_out_rows_ = 0;
   int64_t last_out_rows_ = 0;  // rows of logits the last decoder forward left on the device
-  int64_t linears_in_ffn_ = 0;
   int64_t heads_ = 0, head_dim_ = 0;
   int sm_count_ = 0;
   size_t planned_bytes_ = 0;

@@ -179,7 +179,6 @@ int run(int argc, char** argv) {
     }
     write_f32(out + ".steps.f32", all_steps);
     report["greedy"] = greedy;
-    if (gpu) report["linears_in_ffn"] = gpu->linears_in_ffn();
   }
 
   // Greedy with the argmax on the GPU, and the benchmark of that loop.

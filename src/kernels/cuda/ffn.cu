@@ -280,21 +280,11 @@ constexpr size_t kBarrierBytes = 2 * kMaxStages * sizeof(uint64_t);
 constexpr int kMaxTiles = 7;
 static_assert(kConsumerWarps == 16, "a group's 16 features are the rows of one mma tile");
 
-// The linear after the block (FfnNext), in the kernel's terms.
-struct NextParams {
-  RowInput in;  // the residual row once every block has added into it, normalised on the way in
-  const void* W;
-  int64_t N;
-  const void* bias;
-  void* y;
-};
-
 struct Params {
   FfnParams f;
   int group, stages;                                  // R (= kConsumerWarps) features a group, S ring slots
   unsigned stage_bytes, x_at, out_at, h_at, ring_at;  // shared-memory offsets
   unsigned row_stride;                                // bytes between a stage's rows (padded for mma)
-  NextParams next;                                    // kNext only
 };
 
 struct Layout {
@@ -424,35 +414,7 @@ __device__ void mma_consumers(const Params& bp, const BulkRing& ring, const T* x
   }
 }
 
-// kNext (Params::next): the block's R-row stages of the next linear follow its own in the ring, so the
-// producer streams them while the block's last groups are used. Once the block has added into x it counts
-// in on the staged counter a second time (its first arrival said it had staged; every block has, so the two
-// rounds cannot mix), and when all have, it stages norm'(x) from L2 and its warps dot the stages' rows with
-// it, a row a warp, as gemv_bulk.cu does.
-template <typename T>
-__device__ void next_linear_consumers(const NextParams& n, const BulkRing& ring, const unsigned char* slots,
-                                      unsigned stage_bytes, const T* xs, int first, int64_t r_begin,
-                                      int64_t r_end, int R) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t nvec = n.in.K / kVec<T>;
-  const uint4* xv = reinterpret_cast<const uint4*>(xs);
-  T* y = static_cast<T*>(n.y);
-  const T* bias = static_cast<const T*>(n.bias);
-  const int stages = int((r_end - r_begin + R - 1) / R);
-  for (int i = 0; i < stages; ++i) {
-    ring.wait(first + i);
-    const int64_t r0 = r_begin + int64_t(i) * R;
-    const int rows = int(std::min<int64_t>(R, r_end - r0));
-    const uint4* stage = reinterpret_cast<const uint4*>(slots + size_t((first + i) % ring.slots) * stage_bytes);
-    for (int j = warp; j < rows; j += kConsumerWarps) {
-      const float acc = warp_sum(dot_row<T>(stage + int64_t(j) * nvec, xv, nvec));
-      if (lane == 0) y[r0 + j] = from_f32<T>(acc + (bias ? to_f32(bias[r0 + j]) : 0.0f));
-    }
-    ring.release(first + i);
-  }
-}
-
-template <typename T, bool kGated, bool kMma, bool kNext>
+template <typename T, bool kGated, bool kMma>
 __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   const FfnParams& p = bp.f;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -468,16 +430,12 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
                       kConsumerWarps};
   const int64_t row_bytes = D * int64_t(sizeof(T));
   const int64_t f_begin = F * blockIdx.x / gridDim.x, f_end = F * (blockIdx.x + 1) / gridDim.x;
-  const int groups = int((f_end - f_begin + R - 1) / R), ffn_stages = 2 * groups;
-  // kNext: this block's rows of the next linear [n_begin, n_end), R a stage, after its own stages; set after
-  // pdl_wait() (next_rows()) so that the prologue compiles as it does without kNext.
-  int64_t n_begin = 0, n_end = 0;
-  int stages = ffn_stages;
+  const int groups = int((f_end - f_begin + R - 1) / R), stages = 2 * groups;
   const char* W1 = static_cast<const char*>(p.W1);
   const char* W2 = static_cast<const char*>(p.W2t);
   auto rows_of = [&](int g) { return int(std::min<int64_t>(R, f_end - f_begin - int64_t(g) * R)); };
-  // Stage i < ffn_stages: group i / 2, up (even) or down (odd).
-  auto fill_own = [&](int i, uint64_t* bar) {
+  // Stage i: group i / 2, up (even) or down (odd).
+  auto fill = [&](int i, uint64_t* bar) {
     unsigned char* dst = slots + size_t(i % S) * bp.stage_bytes;
     const int64_t f = f_begin + int64_t(i / 2) * R;
     const int rows = rows_of(i / 2);
@@ -500,27 +458,10 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
       bulk_copy(dst, W2 + f * row_bytes, bytes, bar);
     }
   };
-  // Then the next linear's rows, contiguous: one copy a stage.
-  auto fill = [&](int i, uint64_t* bar) {
-    if (!kNext || i < ffn_stages) return fill_own(i, bar);
-    const int64_t r = n_begin + int64_t(i - ffn_stages) * R;
-    const unsigned bytes = unsigned(std::min<int64_t>(R, n_end - r) * row_bytes);
-    mbar_arrive_expect(bar, bytes);
-    bulk_copy(slots + size_t(i % S) * bp.stage_bytes, static_cast<const char*>(bp.next.W) + r * row_bytes, bytes,
-              bar);
-  };
   const bool producer = warp == kConsumerWarps && lane == 0;
-  // The weights' first stages before the previous kernel ends: the block's own only, so that this prologue
-  // compiles as it does without kNext (its code has cost more than its work before: NOTES.md).
-  if (producer) ring.start(ffn_stages, fill_own);
+  if (producer) ring.start(stages, fill);  // the weights' first stages before the previous kernel ends
   pdl_wait();
   pdl_trigger();
-  if constexpr (kNext) {
-    const int64_t N = after_pdl_wait(bp.next.N);
-    n_begin = N * blockIdx.x / gridDim.x;
-    n_end = N * (blockIdx.x + 1) / gridDim.x;
-    stages += int((n_end - n_begin + R - 1) / R);
-  }
   // Ends with __syncthreads(): the barriers are visible too. Rows of up to kNormRegs * kThreads elements are
   // normalised from registers; a bound of 16 (as the bulk GEMV has) measured 2-3 % slower on GPT-2 XL.
   stage_rows<T, float, 1, kThreads>(p.in, xs);
@@ -528,10 +469,7 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   if (warp == kConsumerWarps) {
     if (producer) {
       const unsigned long long all_staged = arrive_staged(p.staged);
-      // kNext: only the next linear's stages that fit in slots the block's own stages free; the rest wait
-      // for consumers that first wait for this block's add into x.
-      const int ahead = kNext ? std::min(stages, ffn_stages + S) : stages;
-      for (int i = kNext ? std::min(S, ffn_stages) : S; i < ahead; ++i) ring.produce(i, fill);
+      for (int i = S; i < stages; ++i) ring.produce(i, fill);
       wait_staged(p, all_staged);
     }
   } else {
@@ -591,18 +529,6 @@ __global__ void __launch_bounds__(kThreads, 2) ffn_bulk_kernel(Params bp) {
   }
   __syncthreads();  // the partial outputs are complete, and every block has staged (the producer waited)
   add_to_residual(p, out);
-  if constexpr (kNext) {
-    __syncthreads();  // the block's adds are issued (the arrival releases them)
-    if (threadIdx.x == 0) wait_staged(p, arrive_staged(p.staged));
-    __syncthreads();
-    stage_rows<T, float, 1, kThreads, kNormRegs, true>(bp.next.in, xs);
-    if (warp == kConsumerWarps) {
-      if (producer)
-        for (int i = ffn_stages + S; i < stages; ++i) ring.produce(i, fill);
-      return;
-    }
-    next_linear_consumers<T>(bp.next, ring, slots, bp.stage_bytes, xs, ffn_stages, n_begin, n_end, R);
-  }
 }
 
 // Blocks of at least this many bytes of weights take the bulk form. Decode step, H100, against the register
@@ -623,9 +549,9 @@ bool usable(int64_t D, int64_t F, size_t weight_bytes, bool gated, bool h_f32) {
   return layout(D, weight_bytes, gated, mma_usable(D, weight_bytes, h_f32)).total <= max_shared_bytes();
 }
 
-template <typename T, bool kGated, bool kMma, bool kNext>
-void launch_form(const FfnParams& p, const NextParams& next, cudaStream_t stream) {
-  auto* kernel = ffn_bulk_kernel<T, kGated, kMma, kNext>;
+template <typename T, bool kGated, bool kMma>
+void launch_form(const FfnParams& p, cudaStream_t stream) {
+  auto* kernel = ffn_bulk_kernel<T, kGated, kMma>;
   const Layout l = layout(p.D, sizeof(T), kGated, kMma);
   static size_t allowed = 0;
   allow_shared_memory(kernel, l.total, allowed, "ffn_bulk");
@@ -645,25 +571,16 @@ void launch_form(const FfnParams& p, const NextParams& next, cudaStream_t stream
             unsigned(l.out_at),
             unsigned(l.h_at),
             unsigned(l.ring_at),
-            unsigned(l.row_stride),
-            next};
+            unsigned(l.row_stride)};
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), l.total, stream, bp);
 }
 
-template <typename T, bool kGated, bool kNext>
-void launch_consumers(const FfnParams& p, const NextParams& next, cudaStream_t stream) {
-  if constexpr (sizeof(T) == 2) {
-    if (mma_usable(p.D, sizeof(T), p.h_f32)) return launch_form<T, kGated, true, kNext>(p, next, stream);
-  }
-  launch_form<T, kGated, false, kNext>(p, next, stream);
-}
-
 template <typename T, bool kGated>
-void launch(const FfnParams& p, const NextParams* next, cudaStream_t stream) {
-  if (next)
-    launch_consumers<T, kGated, true>(p, *next, stream);
-  else
-    launch_consumers<T, kGated, false>(p, NextParams{}, stream);
+void launch(const FfnParams& p, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    if (mma_usable(p.D, sizeof(T), p.h_f32)) return launch_form<T, kGated, true>(p, stream);
+  }
+  launch_form<T, kGated, false>(p, stream);
 }
 
 }  // namespace bulk
@@ -677,7 +594,7 @@ bool ffn_supported(int64_t D, int64_t F, DType wt) {
   return 2 * smem_bytes(D, dtype_size(wt)) <= kMaxSmemBytes;  // two blocks an SM
 }
 
-bool ffn(const FfnArgs& a, Stream stream) {
+void ffn(const FfnArgs& a, Stream stream) {
   if (!ffn_supported(a.D, a.F, a.wt)) internal_error("ffn: unsupported shape");
   if (a.in.xt != DType::F32 || a.in.rows) internal_error("ffn: the input must be one fp32 residual row");
   if (a.ht != DType::F32 && a.ht != a.wt)
@@ -697,27 +614,14 @@ bool ffn(const FfnArgs& a, Stream stream) {
               static_cast<float*>(const_cast<void*>(a.in.x)),
               a.staged,
               a.wait};
-  const FfnNext& n = a.next;
-  if (n.W && (n.in.x != a.in.x || n.in.xt != DType::F32 || n.in.rows || n.N <= 0 || !n.y || !aligned16(n.W)))
-    internal_error("ffn: the next linear must read the block's residual row");
-  // Opt-in (KESTREL_FFN_NEXT=1): measured no faster than the next linear as its own kernel (NOTES.md).
-  static const bool next_off = env_switch("KESTREL_FFN_NEXT") != EnvSwitch::On;
-  bool ran_next = false;
   dispatch_dtype(a.wt, [&](auto w) {
     using T = decltype(w);
-    if (bulk::usable(a.D, a.F, sizeof(T), a.gated, p.h_f32)) {
-      const bulk::NextParams next{
-          RowInput{n.in.x, nullptr, n.in.gamma, n.in.beta, n.in.rms, n.in.eps, n.in.out_scale, 1, a.D}, n.W,
-          n.N, n.bias, n.y};
-      ran_next = n.W && !next_off;
-      const bulk::NextParams* np = ran_next ? &next : nullptr;
-      a.gated ? bulk::launch<T, true>(p, np, stream) : bulk::launch<T, false>(p, np, stream);
-    } else {
+    if (bulk::usable(a.D, a.F, sizeof(T), a.gated, p.h_f32))
+      a.gated ? bulk::launch<T, true>(p, stream) : bulk::launch<T, false>(p, stream);
+    else
       a.gated ? launch<T, true>(p, stream) : launch<T, false>(p, stream);
-    }
   });
   check_launch("ffn");
-  return ran_next;
 }
 
 }  // namespace kestrel::cuda

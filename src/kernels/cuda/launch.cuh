@@ -21,13 +21,6 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// v, as a value the compiler cannot compute before a pdl_wait() that precedes this call (an asm volatile
-// stays in order with the wait's): keeps work that is only needed later out of a kernel's prologue.
-__device__ __forceinline__ int64_t after_pdl_wait(int64_t v) {
-  asm volatile("mov.b64 %0, %0;" : "+l"(v));
-  return v;
-}
-
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

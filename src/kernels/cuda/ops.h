@@ -107,19 +107,6 @@ void gemv(const LinearInput& in, int64_t M, int64_t K, const void* W, DType wt, 
 // where the down projection W2 [D, F] is given transposed, W2t [F, D]. h is rounded to `ht` (F32 or wt), the
 // dtype the two-GEMV form would store it in; b1 has dtype ht, b2 is fp32. Blocks add their partial sums into
 // x with float atomics, so the order of the cross-block sum varies in fp32's last bits.
-//
-// `next`, when its W is set, is the linear that reads the block's output row next (a decode step's next QKV):
-// y[N] (dtype wt) = norm'(x) · Wᵀ + bias (bias in wt or null), with norm' as next.in describes it (its x must
-// be in.x). The bulk-copy form streams its weights into the same ring right behind the block's and computes it
-// once every block has added into x, so no kernel boundary lies between the two; ffn() returns whether it
-// did (otherwise the caller runs it).
-struct FfnNext {
-  LinearInput in;
-  const void* W = nullptr;  // [N, D]
-  int64_t N = 0;
-  const void* bias = nullptr;
-  void* y = nullptr;
-};
 struct FfnArgs {
   LinearInput in;
   int64_t D = 0, F = 0;
@@ -139,12 +126,10 @@ struct FfnArgs {
   // resident at once, so the call's results are wrong (staged_wait.cuh). The caller must check it after the
   // stream synchronises, and fail.
   BlockWait wait;
-  FfnNext next;
 };
 // Whether ffn() runs a block with model width D, hidden width F and weights in wt.
 bool ffn_supported(int64_t D, int64_t F, DType wt);
-// Runs the block; returns whether it ran args.next too.
-bool ffn(const FfnArgs& args, Stream stream);
+void ffn(const FfnArgs& args, Stream stream);
 
 // y[M,D] (dtype yt) = norm(x[M,D] (dtype xt)) * gamma (+ beta) * out_scale. gamma/beta are fp32; beta may be
 // null. rms: x / sqrt(mean(x²) + eps) (T5); otherwise (x - mean) / sqrt(var + eps) (LayerNorm). x may equal

@@ -24,24 +24,17 @@ struct RowInput {
 constexpr int kNormRegs = 8;
 
 // Writes the input rows into xs[M][K] in the weight dtype T; every thread of the kThreads-thread block
-// takes part, and xs is complete when it returns. kFromL2: x is read past L1, for rows that other blocks of
-// the same kernel have just written (ffn.cu's next linear), which an L1 line of an earlier read would hide.
-template <typename T, typename TX, int kRows, int kThreads, int kRegs = kNormRegs, bool kFromL2 = false>
+// takes part, and xs is complete when it returns.
+template <typename T, typename TX, int kRows, int kThreads, int kRegs = kNormRegs>
 __device__ void stage_rows(const RowInput& p, T* xs) {
   const int M = p.M;
   const int64_t K = p.K;
   const TX* x = static_cast<const TX*>(p.x);
   auto row = [&](int m) { return x + int64_t(p.rows ? p.rows[m] : m) * K; };
-  auto at = [](const TX* r, int64_t k) {
-    if constexpr (kFromL2)
-      return to_f32(__ldcg(r + k));
-    else
-      return to_f32(r[k]);
-  };
   if (!p.gamma) {
     for (int m = 0; m < M; ++m) {
       const TX* r = row(m);
-      for (int64_t k = threadIdx.x; k < K; k += kThreads) xs[m * K + k] = from_f32<T>(at(r, k));
+      for (int64_t k = threadIdx.x; k < K; k += kThreads) xs[m * K + k] = from_f32<T>(to_f32(r[k]));
     }
     __syncthreads();
     return;
@@ -55,7 +48,7 @@ __device__ void stage_rows(const RowInput& p, T* xs) {
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) {
       const int64_t k = threadIdx.x + int64_t(i) * kThreads;
-      v[i] = k < K ? at(r, k) : 0.0f;
+      v[i] = k < K ? to_f32(r[k]) : 0.0f;
     }
     float mean = 0.0f;
     if (!p.rms) {
@@ -90,12 +83,12 @@ __device__ void stage_rows(const RowInput& p, T* xs) {
     const TX* r = row(warp);
     float mean = 0.0f;
     if (!p.rms) {
-      for (int64_t k = lane; k < K; k += 32) mean += at(r, k);
+      for (int64_t k = lane; k < K; k += 32) mean += to_f32(r[k]);
       mean = warp_sum(mean) / float(K);
     }
     float var = 0.0f;
     for (int64_t k = lane; k < K; k += 32) {
-      const float c = at(r, k) - mean;
+      const float c = to_f32(r[k]) - mean;
       var += c * c;
     }
     var = warp_sum(var);
@@ -109,7 +102,7 @@ __device__ void stage_rows(const RowInput& p, T* xs) {
     const TX* r = row(m);
     const float mean = stats[2 * m], s = stats[2 * m + 1];
     for (int64_t k = threadIdx.x; k < K; k += kThreads) {
-      float v = (at(r, k) - mean) * s * p.gamma[k];
+      float v = (to_f32(r[k]) - mean) * s * p.gamma[k];
       if (p.beta) v += p.beta[k];
       xs[m * K + k] = from_f32<T>(v * p.out_scale);
     }
