@@ -22,13 +22,13 @@ def small_gpt2(path: pathlib.Path, seed: int = 0, n_inner=None, n_embd: int = 12
 
 def small_t5(path: pathlib.Path, seed: int = 0, gated: bool = False, ffn_scale: float = 1.0,
              hidden_scale: float = 1.0, d_ff: int = 256, d_model: int = 128, num_heads: int = 4,
-             logit_scale: float = 1.0) -> pathlib.Path:
+             logit_scale: float = 1.0, d_kv: int = 32) -> pathlib.Path:
     """ffn_scale > 1 multiplies every wo weight so the FFN outputs leave the fp16 range (real T5 does this);
     hidden_scale > 1 multiplies wi (gated: wi_1) so the FFN's hidden activations, wo's input, leave it;
     logit_scale multiplies the decoder's final norm weight, so the logits (of standard deviation ~sqrt(d_model)
     with the default N(0, 1) LM head when it is not scaled by d_model^-0.5) by as much."""
     torch.manual_seed(seed)
-    cfg = T5Config(vocab_size=384, d_model=d_model, d_kv=32, d_ff=d_ff, num_layers=2, num_decoder_layers=2,
+    cfg = T5Config(vocab_size=384, d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=2, num_decoder_layers=2,
                    num_heads=num_heads,
                    relative_attention_num_buckets=32, relative_attention_max_distance=64,
                    feed_forward_proj="gated-gelu" if gated else "relu", decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,

@@ -109,6 +109,9 @@ def models(tmp_path_factory):
                                                initializer_range=0.05),
         "t5_gated_large_width": gpu_models.small_t5(d / "t5_gated_large_width", seed=7, gated=True, d_model=1024,
                                                     num_heads=16, d_ff=2816, logit_scale=0.05),
+        # T5-3B's attention shape (32 heads of 128): the attention's projection slices are 128 columns wide.
+        "t5_3b_width": gpu_models.small_t5(d / "t5_3b_width", seed=8, d_model=1024, d_kv=128, num_heads=32,
+                                           d_ff=2048, logit_scale=0.05),
     }
 
 
@@ -225,7 +228,7 @@ def test_bulk_gemv_matches_register_gemv(models, tmp_path, arch, precision):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall"])
+@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_tall", "gpt2_xl_width", "t5_3b_width"])
 def test_attention_projection_matches_unfused(models, tmp_path, arch, precision):
     """Decode attention with its output projection fused in (attention.cu, proj_wt: every head's output times
     its rows of the transposed projection, added into the residual with atomics; on by default) against the

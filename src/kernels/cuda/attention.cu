@@ -562,25 +562,27 @@ bool attention_can_fuse_store(const AttentionArgs& a) {
 
 namespace {
 
-constexpr int64_t kProjectColumns = 64;        // a slice's columns (before the caps below)
 constexpr size_t kMaxProjectSlice = 48 << 10;  // bytes of weights a block prefetches, at most
 constexpr size_t kMaxRowsSmem = 160 << 10;
 
-// Columns of each block's slice of the projection. Slices of ~64 columns measured best on an H100 for GPT-2
-// small and XL and T5-3B alike (4-5 blocks an SM for the large models: many short weight streams in flight;
-// bench/results/gpu_attention_projection_variants_h100_2026-11-26.txt); at least one block an SM, each slice
-// within kMaxProjectSlice, rounded to 16-byte vectors. KESTREL_ATTN_SLICES=n forces n slices (tuning).
+// Columns of each block's slice of the projection: head_dim of them (a square slice), at least one block an
+// SM, each slice within kMaxProjectSlice, rounded to 16-byte vectors. Every slice's block repeats its head's
+// attention, reading the cached keys and values again (from L2), so the slice grows with the head. On an H100
+// (decode step): 64-column slices measured best for GPT-2 small and XL (head_dim 64: 4-5 blocks an SM, many
+// short weight streams in flight; bench/results/gpu_attention_projection_variants_h100_2026-11-26.txt), and
+// for T5-3B (head_dim 128) 128 columns (8 slices) took 1.591 ms against 1.620-1.630 with 64 (4: 1.599, 6:
+// 1.608; bench/results/gpu_attention_slices_h100_2026-11-26.txt). KESTREL_ATTN_SLICES=n forces n slices.
 int project_columns(const AttentionArgs& a) {
   const int64_t es = int64_t(dtype_size(a.dtype)), vec = 16 / es;
   const int64_t row_bytes = int64_t(a.head_dim) * es;  // a column's bytes in the slice
-  int64_t slices = std::max(
-      {(a.proj_n + kProjectColumns - 1) / kProjectColumns, (int64_t(sm_count()) + a.heads - 1) / a.heads,
-       (row_bytes * a.proj_n + int64_t(kMaxProjectSlice) - 1) / int64_t(kMaxProjectSlice)});
+  const int64_t cols = a.head_dim;
+  int64_t slices =
+      std::max({(a.proj_n + cols - 1) / cols, (int64_t(sm_count()) + a.heads - 1) / a.heads,
+                (row_bytes * a.proj_n + int64_t(kMaxProjectSlice) - 1) / int64_t(kMaxProjectSlice)});
   static const int64_t forced = env_int("KESTREL_ATTN_SLICES");
   if (forced > 0) slices = forced;
   slices = std::clamp<int64_t>(slices, 1, a.proj_n / vec);
-  const int64_t cols = ((a.proj_n + slices - 1) / slices + vec - 1) / vec * vec;
-  return int(cols);
+  return int(((a.proj_n + slices - 1) / slices + vec - 1) / vec * vec);
 }
 
 size_t project_smem(const AttentionArgs& a, int cols) {
