@@ -240,76 +240,6 @@ __device__ __forceinline__ int qkv_block_rows(const AttentionArgs& a, int z, int
 // elements.
 constexpr int kQkvRegs = 16;
 
-// Clusters of column-slice blocks (kCluster, sm_90 only: cluster_blocks()): at most the portable cluster size.
-constexpr int kMaxCluster = 8;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define KESTREL_CLUSTER_PTX(...) asm volatile(__VA_ARGS__)
-#else
-#define KESTREL_CLUSTER_PTX(...) __trap()
-#endif
-__device__ __forceinline__ unsigned cluster_rank() {
-  unsigned r = 0;
-  KESTREL_CLUSTER_PTX("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ unsigned cluster_size() {
-  unsigned n = 1;
-  KESTREL_CLUSTER_PTX("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-  return n;
-}
-// The cluster barrier in two halves (every thread of every block of the cluster calls both): arrive releases
-// this block's shared-memory writes, wait acquires the others'.
-__device__ __forceinline__ void cluster_arrive() {
-  KESTREL_CLUSTER_PTX("barrier.cluster.arrive.release.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_wait() {
-  KESTREL_CLUSTER_PTX("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-// The shared-memory address of `p` in block `rank` of the cluster, and a float read from such an address.
-__device__ __forceinline__ unsigned peer_address(const float* p, unsigned rank) {
-  unsigned a = 0;
-  KESTREL_CLUSTER_PTX("mapa.shared::cluster.u32 %0, %1, %2;"
-                      : "=r"(a)
-                      : "r"(unsigned(__cvta_generic_to_shared(p))), "r"(rank));
-  return a;
-}
-__device__ __forceinline__ float load_peer(unsigned address) {
-  float v = 0.0f;
-  KESTREL_CLUSTER_PTX("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(address) : "memory");
-  return v;
-}
-
-// The head's output from the C blocks' partials (m, l, Σ p·v over their keys) in their shared memory at
-// `part`, rounded to T as the unfused path stores it, into out[D] (this block's shared memory).
-template <typename T>
-__device__ __forceinline__ void merge_cluster(const float* part, int C, int D, float* out) {
-  unsigned peer[kMaxCluster];
-  float weight[kMaxCluster];
-  float M = -INFINITY;
-#pragma unroll
-  for (int r = 0; r < kMaxCluster; ++r)
-    if (r < C) {
-      peer[r] = peer_address(part, unsigned(r));
-      M = fmaxf(M, load_peer(peer[r]));
-    }
-  float L = 0.0f;
-#pragma unroll
-  for (int r = 0; r < kMaxCluster; ++r)
-    if (r < C) {
-      const float mr = load_peer(peer[r]);
-      weight[r] = mr == -INFINITY ? 0.0f : expf(mr - M);
-      L += load_peer(peer[r] + 4) * weight[r];
-    }
-  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-  for (int d = threadIdx.x; d < D; d += kRowThreads) {
-    float v = 0.0f;
-#pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r)
-      if (r < C) v += load_peer(peer[r] + 4 * unsigned(2 + d)) * weight[r];
-    out[d] = to_f32(from_f32<T>(v * inv));
-  }
-}
-
 // With kProject (AttentionArgs::proj_wt), blockIdx.z is the column slice of the output projection rather
 // than a key split: each block attends over all of its row's keys, then projects. With kQkv
 // (AttentionArgs::qkv; one row, kProject) the block first computes its share of the head's query, key and
@@ -321,17 +251,10 @@ __device__ __forceinline__ void merge_cluster(const float* part, int C, int D, f
 // 0.292 ms a step): with 4 warps a block and one or a few blocks an SM, each warp's chain of instructions
 // grows by the GEMV's, while programmatic dependent launch had already hidden most of the boundary it
 // removes (kernels/cuda/NOTES.md, "Sixth session").
-//
-// With kCluster (kProject, launched in clusters of C column-slice blocks of one head: attention_cluster()),
-// the cluster attends once instead of every block: block rank r takes the r-th C-th of the keys, publishes
-// its (m, l, unnormalised sum) in its shared memory, and after a cluster barrier every block merges the C
-// partials through distributed shared memory, then projects its own slice.
-template <typename T, bool kProject, bool kQkv = false, bool kCluster = false>
+template <typename T, bool kProject, bool kQkv = false>
 __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     attention_rows_kernel(AttentionArgs a) {
   static_assert(kProject || !kQkv);
-  static_assert(kProject || !kCluster);
-  static_assert(!(kQkv && kCluster));
   extern __shared__ float4 dynamic_smem[];
   float* scores = reinterpret_cast<float*>(dynamic_smem);  // [keys of this split]
   __shared__ float qs[kMaxHeadDim];  // the scaled query; with kProject, later the head's output
@@ -339,8 +262,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   __shared__ __align__(16) float sum_parts[kRowThreads * 8];  // read as float4 by project()
   constexpr int V = kVec<T>;
   const int t = blockIdx.x, h = blockIdx.y;
-  const int split = kCluster ? int(cluster_rank()) : kProject ? 0 : blockIdx.z;
-  const int splits = kCluster ? int(cluster_size()) : kProject ? 1 : gridDim.z;
+  const int split = kProject ? 0 : blockIdx.z, splits = kProject ? 1 : gridDim.z;
   const int tid = threadIdx.x;
   const int D = a.head_dim, DV = D / V;
   const KeyRange r = key_range(a, t, split, splits);
@@ -462,8 +384,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   }
 
   // This split holds the new token: cache its key and value (with kProject, the first column slice's block).
-  // (with kCluster, the first cluster's block whose keys hold it)
-  if (fresh && fresh_pos >= k0 && fresh_pos < k1 && (!kProject || int(blockIdx.z) < (kCluster ? splits : 1))) {
+  if (fresh && fresh_pos >= k0 && fresh_pos < k1 && (!kProject || blockIdx.z == 0)) {
     const int64_t at = int64_t(fresh_pos) * a.kv_stride;
     for (int d = tid; d < D; d += kRowThreads) {
       kb[at + d] = kQkv ? __ldcg(fresh + a.fresh_k_offset + d) : fresh[a.fresh_k_offset + d];
@@ -542,9 +463,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
 #pragma unroll
     for (int i = 0; i < V; ++i) sum_parts[g * D + c * V + i] = acc[i];
   __syncthreads();
-  float* part =
-      !kCluster && splits > 1 ? a.partials + ((int64_t(t) * a.heads + h) * splits + split) * (D + 2) : nullptr;
-  __shared__ float cluster_part[kCluster ? kMaxHeadDim + 2 : 1];  // kCluster: this block's m, l, sums
+  float* part = splits > 1 ? a.partials + ((int64_t(t) * a.heads + h) * splits + split) * (D + 2) : nullptr;
   if (part && tid == 0) {
     part[0] = m;
     part[1] = l;
@@ -556,29 +475,16 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     for (int gg = 0; gg < groups; ++gg) v += sum_parts[gg * D + d];
     if (part)
       part[2 + d] = v;
-    else if (kCluster)
-      cluster_part[2 + d] = v;
     else if (kProject)  // rounded as the unfused path stores it
       qs[d] = to_f32(from_f32<T>(v * inv));
     else
       out[d] = from_f32<T>(v * inv);
-  }
-  if constexpr (kCluster) {
-    if (tid == 0) {
-      cluster_part[0] = m;
-      cluster_part[1] = l;
-    }
-    cluster_arrive();
-    cluster_wait();  // every block's partial is published
-    merge_cluster<T>(cluster_part, splits, D, qs);
-    cluster_arrive();  // done reading the others' shared memory (they wait for it before they exit)
   }
   if constexpr (kProject) {
     if (kQkv && tid == 0) wait_until(a.qkv.staged, all_staged, a.qkv.wait);  // before adding into the row
     cp_async_wait<0>();
     __syncthreads();  // the head's output and the weight slice are in shared memory
     project<T>(a, qs, wslice, cols, nv, c0, t, h, sum_parts);
-    if constexpr (kCluster) cluster_wait();
     return;
   }
   if (!part || !a.split_counters) return;
@@ -679,17 +585,6 @@ int project_columns(const AttentionArgs& a) {
   return int(((a.proj_n + slices - 1) / slices + vec - 1) / vec * vec);
 }
 
-// The column-slice blocks of a head that attend together (kCluster): the largest divisor of `slices` up to
-// kMaxCluster, on sm_90 (KESTREL_ATTN_CLUSTER=0: never, n: at most n).
-// Opt-in (KESTREL_ATTN_CLUSTER=n) for this commit's record: measured 5-8 % slower on an H100.
-unsigned cluster_blocks(unsigned slices) {
-  static const int64_t cap = std::getenv("KESTREL_ATTN_CLUSTER") ? env_int("KESTREL_ATTN_CLUSTER") : 1;
-  if (!hopper_or_later()) return 1;
-  for (unsigned c = unsigned(std::min<int64_t>(cap, kMaxCluster)); c > 1; --c)
-    if (slices % c == 0) return c;
-  return 1;
-}
-
 size_t project_smem(const AttentionArgs& a, int cols) {
   return scores_bytes(a.max_keys) + slice_bytes(a.head_dim, cols, dtype_size(a.dtype));
 }
@@ -773,15 +668,13 @@ void attention(const AttentionArgs& a, Stream stream) {
              false, false, q.y, a.dtype, stream);
         p.qkv = AttentionQkv{};
       }
-      const unsigned cluster = cluster_blocks(grid.z);
-      auto* kernel = cluster > 1 ? attention_rows_kernel<T, true, false, true> : attention_rows_kernel<T, true>;
       static const bool configured = [] {
-        for (auto* k : {attention_rows_kernel<T, true>, attention_rows_kernel<T, true, false, true>})
-          cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxRowsSmem));
+        cudaFuncSetAttribute(attention_rows_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(kMaxRowsSmem));
         return true;
       }();
       (void)configured;
-      launch_pdl_clusters(kernel, grid, dim3(kRowThreads), smem, stream, cluster, p);
+      launch_pdl(attention_rows_kernel<T, true>, grid, dim3(kRowThreads), smem, stream, p);
     });
     check_launch("attention with output projection");
     return;

@@ -60,41 +60,20 @@ void launch_ex(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cud
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute where
-// supported, and with cluster_z > 1 in clusters of (1, 1, cluster_z) blocks (grid.z a multiple of it).
+// supported.
 template <typename... KArgs, typename... Args>
-void launch_pdl_clusters(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                         unsigned cluster_z, Args&&... args) {
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                Args&&... args) {
   // KESTREL_CARVEOUT=percent: every kernel's preferred shared-memory carve-out (experiments: kernels that
   // prefer different carve-outs cannot share an SM, so the next kernel's blocks wait for the SM to drain)
   static const int64_t carveout = env_int("KESTREL_CARVEOUT");
   if (carveout > 0)
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(carveout));
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attributes[2];
-  unsigned n = 0;
-  if (pdl_supported()) {
-    attributes[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[n++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster_z > 1) {
-    attributes[n].id = cudaLaunchAttributeClusterDimension;
-    attributes[n++].val.clusterDim = {1, 1, cluster_z};
-  }
-  config.attrs = attributes;
-  config.numAttrs = n;
-  check(int(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...)), "kernel launch");
-}
-
-// kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute where
-// supported.
-template <typename... KArgs, typename... Args>
-void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                Args&&... args) {
-  launch_pdl_clusters(kernel, grid, block, smem, stream, 1, std::forward<Args>(args)...);
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  launch_ex(kernel, grid, block, smem, stream, pdl_supported() ? &attribute : nullptr, "kernel launch",
+            std::forward<Args>(args)...);
 }
 
 }  // namespace kestrel::cuda
