@@ -70,11 +70,10 @@ bool step_kernel_requested() {
   return env_switch("KESTREL_STEP_KERNEL") == EnvSwitch::On;
 }
 
-// How many ops of the plan (encoder and decoder) use each weight.
-// KESTREL_LEAVE_OUT=qkv,attn,ffn: decode steps skip those kernels, so that a variant's step time shows what
-// each costs inside the graph (measurements only: the results are wrong; kernels/cuda/NOTES.md). qkv is a
-// GEMV that feeds an attention, attn a projected attention, ffn a fused feed-forward block, other any other
-// GEMV but the LM head (whose argmax the step needs).
+// KESTREL_LEAVE_OUT=qkv,attn,ffn,other: one-row passes skip those kernels, so that a variant's decode step
+// time shows what each costs inside the graph (measurements only: the results are wrong; see
+// kernels/cuda/NOTES.md). qkv is a GEMV that feeds an attention, attn a projected attention, ffn a fused
+// feed-forward block, other any other GEMV but the LM head (whose argmax the step needs).
 bool left_out(const char* kind, bool decode) {
   static const std::string list = [] {
     const char* v = std::getenv("KESTREL_LEAVE_OUT");
@@ -83,6 +82,7 @@ bool left_out(const char* kind, bool decode) {
   return decode && !list.empty() && list.find("," + std::string(kind) + ",") != std::string::npos;
 }
 
+// How many ops of the plan (encoder and decoder) use each weight.
 std::map<std::string, int> weight_use_counts(const Plan& plan) {
   std::map<std::string, int> uses;
   for (const auto* ops : {&plan.encoder, &plan.decoder})
