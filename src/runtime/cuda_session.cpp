@@ -1044,7 +1044,7 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
         "the blocks of a decode kernel did not all run at once on this GPU (is it shared, e.g. through MPS "
         "with an active-thread percentage below 100?), so this step's results are wrong and the session "
         "stops. Run on a whole GPU or MIG instance, or set KESTREL_FFN_KERNEL=0 (two GEMVs a feed-forward "
-        "block instead of the kernel whose blocks wait for each other)");
+        "block instead of the kernel whose blocks wait for each other) and leave KESTREL_ATTN_QKV unset");
   if (want == Want::Logits) {
     outputs.logits->resize(size_t(out_rows * out.width));
     check(cudaMemcpy(outputs.logits->data(), out.data, outputs.logits->size() * 4, cudaMemcpyDeviceToHost),

@@ -1,5 +1,6 @@
 """One decode step from an Nsight Compute CSV of tools/gpu/profile_decode.sh: the launches from the second-last
-embedding kernel (a step's first) to the last, grouped by kernel, with time, DRAM bytes read and read rate, then the step's first launches.
+embedding kernel (a step's first) to the last, grouped by kernel, with time, DRAM bytes read and read rate, then
+the step's first launches.
 
   python tools/gpu/ncu_step.py OUT/prof/ncu_xl.csv [more.csv ...]
 """
