@@ -237,6 +237,17 @@ def test_attention_projection_matches_unfused(models, tmp_path, arch, precision)
                   {"KESTREL_ATTN_PROJECT": "0"})
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_3b_width"])
+def test_attention_staged_keys_match_unstaged(models, tmp_path, arch, precision):
+    """The projecting attention kernel with the first 16 cached keys and values of a row staged in shared memory
+    before pdl_wait() and the rest read as they are needed (KESTREL_ATTN_STAGE_KEYS=16; by default 64 keys for
+    heads of 128 dimensions, none for narrower ones) against none staged, and in fp32 against transformers'
+    greedy."""
+    decodes_agree(models, tmp_path, arch, precision, 32, "attention_staged_keys", {"KESTREL_ATTN_STAGE_KEYS": "16"},
+                  {"KESTREL_ATTN_STAGE_KEYS": "0"})
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["gpt2", "t5", "t5_gated", "gpt2_xl_width", "t5_gated_large_width"])
 def test_qkv_gemv_inside_attention_matches_separate(models, tmp_path, arch, precision):

@@ -168,6 +168,15 @@ __host__ __device__ inline size_t scores_bytes(int64_t keys) {
 __host__ __device__ inline size_t slice_bytes(int64_t head_dim, int64_t cols, size_t es) {
   return (size_t(head_dim) * size_t(cols) * es + 15) / 16 * 16;
 }
+// Behind the slice, the staged cached keys, then values (AttentionArgs::stage_keys rows each). A row's stride
+// is one 16-byte vector more than the head's, so the rows that the 8 threads of a shared-memory phase read in
+// the scores pass (consecutive keys, same column) fall in distinct banks.
+__host__ __device__ inline int staged_row_vecs(int64_t head_dim, size_t es) {
+  return int(size_t(head_dim) * es / 16) + 1;
+}
+__host__ __device__ inline size_t staged_kv_bytes(int64_t head_dim, int keys, size_t es) {
+  return 2 * size_t(keys) * size_t(staged_row_vecs(head_dim, es)) * 16;
+}
 
 __device__ __forceinline__ void add_to(float4& a, const float4& b) {
   a.x += b.x;
@@ -251,10 +260,11 @@ constexpr int kQkvRegs = 16;
 // 0.292 ms a step): with 4 warps a block and one or a few blocks an SM, each warp's chain of instructions
 // grows by the GEMV's, while programmatic dependent launch had already hidden most of the boundary it
 // removes (kernels/cuda/NOTES.md, "Sixth session").
-template <typename T, bool kProject, bool kQkv = false>
+template <typename T, bool kProject, bool kQkv = false, bool kStage = false>
 __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     attention_rows_kernel(AttentionArgs a) {
   static_assert(kProject || !kQkv);
+  static_assert(!kStage || (kProject && !kQkv));
   extern __shared__ float4 dynamic_smem[];
   float* scores = reinterpret_cast<float*>(dynamic_smem);  // [keys of this split]
   __shared__ float qs[kMaxHeadDim];  // the scaled query; with kProject, later the head's output
@@ -284,12 +294,32 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   // With the GEMV fused in, the query, key and value of this token are written inside this kernel by other
   // blocks: read them from L2 (ld.global.cg), never from a stale L1 line.
   auto load = [&](const uint4* p) { return kQkv ? __ldcg(p) : *p; };
+  // With kStage (a projecting kernel), the row's first a.stage_keys cached keys and values are copied into
+  // shared memory before pdl_wait() (behind the weight slice), so no load after it waits on DRAM for them; the
+  // rest are loaded as they are needed (no register prefetch below: it would not fit the register bound).
+  T* wslice = reinterpret_cast<T*>(reinterpret_cast<char*>(dynamic_smem) + scores_bytes(a.max_keys));
+  const int cols = a.proj_cols;
+  uint4* kstage = reinterpret_cast<uint4*>(reinterpret_cast<char*>(wslice) + slice_bytes(D, cols, sizeof(T)));
+  const int RS = DV + 1;  // staged_row_vecs()
+  uint4* vstage = kstage + int64_t(a.stage_keys) * RS;
+  const int staged = kStage && a.cache_ready ? max(0, min(k1 - k0, a.stage_keys)) : 0;
+  auto is_staged = [&](int j) { return kStage && j - k0 < staged && j != fresh_pos; };
+  if (staged > 0) {
+    for (int i = tid; i < staged * DV; i += kRowThreads) {
+      const int j = i / DV, c = i - j * DV;
+      if (k0 + j == fresh_pos) continue;
+      const int64_t at = int64_t(k0 + j) * a.kv_stride + c * V;
+      cp_async16(kstage + j * RS + c, kb + at);
+      cp_async16(vstage + j * RS + c, vb + at);
+    }
+    cp_async_commit();
+  }
   // Cached keys do not depend on the kernels before this one in the step: load the first one early (before
   // pdl_wait(); with the GEMV fused in, once its features are written, while the head's blocks finish
   // theirs).
   uint4 kpre[kPrefetchVecs];
   const int j_pre = k0 + tid;
-  const bool prefetched = a.cache_ready && DV <= kPrefetchVecs && j_pre < k1 && j_pre != fresh_pos;
+  const bool prefetched = !kStage && a.cache_ready && DV <= kPrefetchVecs && j_pre < k1 && j_pre != fresh_pos;
   // Likewise the first kValuePrefetch cached value rows this thread will weigh (pass 3 below).
   const int groups = kRowThreads / DV, g = tid / DV, c = tid % DV;
   uint4 vpre[kValuePrefetch];
@@ -300,22 +330,22 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
       for (int c = 0; c < kPrefetchVecs; ++c)
         if (c < DV) kpre[c] = kr[c];
     }
+    if constexpr (!kStage) {
 #pragma unroll
-    for (int i = 0; i < kValuePrefetch; ++i) {
-      const int j = k0 + g + i * groups;
-      if (a.cache_ready && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
+      for (int i = 0; i < kValuePrefetch; ++i) {
+        const int j = k0 + g + i * groups;
+        if (a.cache_ready && g < groups && j < k1 && j != fresh_pos) vpre[i] = value_row(j)[c];
+      }
     }
   };
   if constexpr (!kQkv) prefetch_cache();
   // The projection's weight slice: rows h·D .. h·D + D - 1, columns c0 .. c0 + nc - 1, into shared memory
   // behind the scores (row stride proj_cols), in flight while the kernel before this one finishes.
-  T* wslice = reinterpret_cast<T*>(reinterpret_cast<char*>(dynamic_smem) + scores_bytes(a.max_keys));
-  const int cols = a.proj_cols;
   const int64_t c0 = kProject ? int64_t(blockIdx.z) * cols : 0;
   const int nv = kProject ? int(min(int64_t(cols), a.proj_n - c0)) / V : 0;  // 16-byte vectors a row
   // The fused GEMV's staged input row and its weight rows, behind the slice (qkv_smem()).
   const int64_t K = a.qkv.K, kvecs = K / V;
-  T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(wslice) + slice_bytes(D, cols, sizeof(T)));
+  T* xs = reinterpret_cast<T*>(vstage + int64_t(a.stage_keys) * RS);
   T* wrows = xs + kvecs * V;
   const int S = kProject ? gridDim.z : 1, z = kProject ? blockIdx.z : 0;
   const int qkv_rows = kQkv ? qkv_block_rows(a, z, S) : 0;
@@ -393,6 +423,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   }
   const T* q = static_cast<const T*>(a.q) + int64_t(t) * a.q_stride + int64_t(h) * D;
   for (int d = tid; d < D; d += kRowThreads) qs[d] = to_f32(kQkv ? __ldcg(q + d) : q[d]) * a.scale;
+  if (staged > 0) cp_async_wait<1>();  // the staged keys and values (the weight slice may still be in flight)
   __syncthreads();
 
   // 1. scores
@@ -412,11 +443,16 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   float m = -INFINITY;
   for (int j = k0 + tid; j < k1; j += kRowThreads) {
     float s = 0.0f;
-    const bool have = prefetched && j == j_pre;
+    const bool have = prefetched && j == j_pre, in_smem = is_staged(j);
     const uint4* kr = key_row(j);
+    const uint4* ks = kstage + (j - k0) * RS;
     for (int c0 = 0; c0 < DV; c0 += kPrefetchVecs) {  // every 16-byte load of a chunk in flight at once
       const int n = min(kPrefetchVecs, DV - c0);
-      if (!have) {
+      if (in_smem) {
+#pragma unroll
+        for (int c = 0; c < kPrefetchVecs; ++c)
+          if (c < n) kpre[c] = ks[c0 + c];
+      } else if (!have) {
 #pragma unroll
         for (int c = 0; c < kPrefetchVecs; ++c)
           if (c < n) kpre[c] = load(kr + c0 + c);
@@ -444,7 +480,9 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     for (int i = 0; i < kValuePrefetch; ++i) {  // the prefetched rows (or loads where none was possible)
       const int j = k0 + g + i * groups;
       if (j >= k1) break;
-      const uint4 vv = a.cache_ready && j != fresh_pos ? vpre[i] : load(value_row(j) + c);
+      const uint4 vv = is_staged(j)                                  ? vstage[(j - k0) * RS + c]
+                       : !kStage && a.cache_ready && j != fresh_pos ? vpre[i]
+                                                                     : load(value_row(j) + c);
       const T* vp = reinterpret_cast<const T*>(&vv);
       const float p = scores[j - k0];
 #pragma unroll
@@ -452,7 +490,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     }
 #pragma unroll 4
     for (int j = k0 + g + kValuePrefetch * groups; j < k1; j += groups) {
-      const uint4 vv = load(value_row(j) + c);
+      const uint4 vv = is_staged(j) ? vstage[(j - k0) * RS + c] : load(value_row(j) + c);
       const T* vp = reinterpret_cast<const T*>(&vv);
       const float p = scores[j - k0];
 #pragma unroll
@@ -586,7 +624,45 @@ int project_columns(const AttentionArgs& a) {
 }
 
 size_t project_smem(const AttentionArgs& a, int cols) {
-  return scores_bytes(a.max_keys) + slice_bytes(a.head_dim, cols, dtype_size(a.dtype));
+  const size_t es = dtype_size(a.dtype);
+  return scores_bytes(a.max_keys) + slice_bytes(a.head_dim, cols, es) +
+         staged_kv_bytes(a.head_dim, a.stage_keys, es);
+}
+
+// How many of a row's cached keys and values each block of the projecting kernel stages in shared memory
+// (AttentionArgs::stage_keys), in steps of 16, none below 16, fewer where the grid's blocks would no longer
+// fit on the GPU at once; the rest are read as they are needed. Only heads wider than the register prefetch
+// (kPrefetchVecs vectors: T5-3B's 128 dimensions), kStageKeys of them. Decode step, H100, same call
+// (bench/results/gpu_attention_staged_kv_h100_2026-11-26.txt): T5-3B 1.525 ms with 64 keys staged, 1.565
+// with all that fit (138: 2 blocks an SM), 1.587 with none; GPT-2 XL (heads of 64, keys already prefetched
+// into registers) 1.957 / 1.938 / 1.919 ms, small even. KESTREL_ATTN_STAGE_KEYS=n stages n (0: none).
+constexpr int64_t kStageKeys = 64;
+template <typename T>
+int stage_keys(AttentionArgs p, dim3 grid) {
+  auto* kernel = attention_rows_kernel<T, true, false, true>;
+  static const bool configured = [&] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxRowsSmem));
+    return true;
+  }();
+  (void)configured;
+  static const int64_t forced =
+      std::getenv("KESTREL_ATTN_STAGE_KEYS") ? std::max<int64_t>(0, env_int("KESTREL_ATTN_STAGE_KEYS")) : -1;
+  const int64_t vectors = int64_t(p.head_dim) * int64_t(dtype_size(p.dtype)) / 16;
+  const int64_t want = forced >= 0 ? forced : vectors > kPrefetchVecs ? kStageKeys : 0;
+  if (!p.cache_ready || p.qkv.W) return 0;
+  const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
+  const int64_t row = int64_t(staged_kv_bytes(p.head_dim, 1, dtype_size(p.dtype)));
+  p.stage_keys = 0;
+  const int64_t room = int64_t(kMaxRowsSmem) - int64_t(project_smem(p, p.proj_cols));
+  for (int64_t keys = std::min({p.max_keys, want, room / row}) / 16 * 16; keys >= 16; keys -= 16) {
+    p.stage_keys = int(keys);
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowThreads,
+                                                      project_smem(p, p.proj_cols)) == cudaSuccess &&
+        int64_t(per_sm) * sm_count() >= blocks)
+      return int(keys);
+  }
+  return 0;
 }
 
 // The fused GEMV's shared memory behind the slice (rounded to 16 bytes): the staged input row, then `rows`
@@ -655,7 +731,6 @@ void attention(const AttentionArgs& a, Stream stream) {
       internal_error("attention: the fused output projection cannot take this call");
     AttentionArgs p = a;
     p.proj_cols = project_columns(a);
-    const size_t smem = project_smem(a, p.proj_cols);
     const dim3 grid(unsigned(a.T), unsigned(a.heads), unsigned((a.proj_n + p.proj_cols - 1) / p.proj_cols));
     if (a.qkv.W && !qkv_fits(a)) internal_error("attention: the fused QKV GEMV cannot take this call");
     dispatch_dtype(a.dtype, [&](auto z) {
@@ -674,7 +749,9 @@ void attention(const AttentionArgs& a, Stream stream) {
         return true;
       }();
       (void)configured;
-      launch_pdl(attention_rows_kernel<T, true>, grid, dim3(kRowThreads), smem, stream, p);
+      p.stage_keys = stage_keys<T>(p, grid);
+      launch_pdl(p.stage_keys > 0 ? attention_rows_kernel<T, true, false, true> : attention_rows_kernel<T, true>,
+                 grid, dim3(kRowThreads), project_smem(p, p.proj_cols), stream, p);
     });
     check_launch("attention with output projection");
     return;

@@ -233,6 +233,9 @@ struct AttentionArgs {
   float* proj_out = nullptr;
   int64_t proj_n = 0;
   int proj_cols = 0;  // columns of a slice (set by attention())
+  // Cached keys and values (positions 0 .. stage_keys - 1 of the row) that the projecting kernel copies into
+  // shared memory before pdl_wait() (set by attention(): heads too wide for its register prefetch).
+  int stage_keys = 0;
   // One row (T = 1) with the projection fused in: the GEMV producing q, k, v fused in too (qkv.W set), when
   // every block fits on the GPU at once (attention() checks; otherwise it runs gemv() first). The session
   // sets it only with KESTREL_ATTN_QKV=1 (slower on an H100: kernels/cuda/NOTES.md).
