@@ -39,10 +39,11 @@ PYEOF
 for m in gpt2 t5; do
   for p in fp16 fp32; do
     # fp16 with the one-kernel feed-forward block forced (these models are below its size threshold; its
-    # bulk-copy form on sm_90) and the opt-in QKV GEMV inside attention, fp32 with the opt-in bulk-copy GEMV.
+    # bulk-copy form on sm_90) and the opt-in QKV GEMV inside attention, fp32 with the opt-in bulk-copy GEMV
+    # and the projecting attention's cached keys staged in shared memory (by default only for wide heads).
     ffn=$([ $p = fp16 ] && echo 1 || echo auto)
     gemv_bulk=$([ $p = fp32 ] && echo 1 || echo 0)
-    KESTREL_FFN_KERNEL=$ffn KESTREL_FFN_BULK=$ffn KESTREL_ATTN_QKV=$ffn KESTREL_GEMV_BULK=$gemv_bulk timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" \
+    KESTREL_ATTN_STAGE_KEYS=16 KESTREL_FFN_KERNEL=$ffn KESTREL_FFN_BULK=$ffn KESTREL_ATTN_QKV=$ffn KESTREL_GEMV_BULK=$gemv_bulk timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/kestrel_gpu_driver" \
       --model "$MC/$m" --device cuda --precision $p --prompts "$MC/p.json" --score "$MC/s.json" --new-tokens 4 \
       --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
     rc=$?; echo "memcheck $m $p ffn=$ffn gemv_bulk=$gemv_bulk rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
@@ -68,6 +69,11 @@ for m in gpt2 t5; do
       --prompts "$MC/p.json" --new-tokens 3 --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
     rc=$?; echo "$tool $m fp16 ffn=1 gemv_bulk=1 rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
   done
+  # And the projecting attention with cached keys staged in shared memory by cp.async.
+  KESTREL_ATTN_STAGE_KEYS=16 timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    "$BUILD/tests/gpu/kestrel_gpu_driver" --model "$MC/$m" --device cuda --precision fp32 --prompts "$MC/p.json" \
+    --new-tokens 3 --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
+  rc=$?; echo "racecheck $m fp32 staged keys rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
 done
 fi
 
