@@ -157,7 +157,7 @@ class KestrelForCausalLM(_KestrelPreTrainedModel):
             logits = flat.reshape(batch, width, -1)
         else:
             rows, mask = rows_from_batch(input_ids, attention_mask, self._kestrel_device)
-            session = self.native.open_session()
+            session = self.native.open_session(len(rows))
             flat = self._logits_tensor(session.start(rows, all_positions=True))
             logits = scatter_rows(flat, rows, mask, batch, width)
             cache = KestrelCache(session, width) if use_cache else None
@@ -212,7 +212,7 @@ class KestrelForSeq2SeqLM(_KestrelPreTrainedModel):
             rows, _ = rows_from_batch(input_ids, attention_mask, self._kestrel_device)
             decoder_rows, decoder_mask = rows_from_batch(decoder_input_ids, decoder_attention_mask,
                                                          self._kestrel_device)
-            session = self.native.open_session()
+            session = self.native.open_session(len(rows))
             flat = self._logits_tensor(session.start(rows, decoder_rows, all_positions=True))
             logits = scatter_rows(flat, decoder_rows, decoder_mask, batch, width)
             cache = KestrelCache(session, width) if use_cache else None

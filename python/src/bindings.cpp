@@ -9,7 +9,10 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
+#include <algorithm>
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -65,15 +68,53 @@ GenerationOptions generation_options(py::dict options) {
   return o;
 }
 
-// One loaded model plus the session options every session on it uses.
+// One loaded model plus the session options every session on it uses, and the session its last call left
+// idle. Opening a session plans its memory and, on CUDA, uploads every weight: a forward or generate() that
+// opened one per call would spend most of its time there. So calls take the idle session when it holds their
+// rows, and give it back when they are done (a PySession when Python drops it); one that needs more rows opens
+// a larger one, and concurrent calls, finding none idle, open their own.
 struct PyModel {
   std::unique_ptr<Model> model;
   SessionOptions session_options;
+  std::mutex mutex;
+  std::unique_ptr<Session> idle;
+  std::atomic<int64_t> opened{0};  // sessions opened so far (tests check the reuse)
+
+  std::unique_ptr<Session> take_session(int64_t rows) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (idle && idle->max_rows() >= rows) return std::move(idle);
+    }
+    // Past the rows planned (an explicit max_batch, or the backend's default: CUDA plans 8), twice as many,
+    // so a growing batch does not reopen at every call.
+    SessionOptions options = session_options;
+    if (options.max_batch > 0 && rows > options.max_batch)
+      options.max_batch = std::max(rows, 2 * options.max_batch);
+    auto session = open_session(*model, options);
+    ++opened;
+    if (session->max_rows() < rows) {
+      options.max_batch = std::max(rows, 2 * session->max_rows());
+      session = open_session(*model, options);
+      ++opened;
+    }
+    return session;
+  }
+  // Keeps the session that holds the most rows.
+  void give_back(std::unique_ptr<Session> session) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (session && (!idle || session->max_rows() >= idle->max_rows())) idle = std::move(session);
+  }
 };
 
 struct PySession {
   std::shared_ptr<PyModel> owner;  // keeps the model alive as long as the session
   std::unique_ptr<Session> session;
+  PySession() = default;
+  PySession(const PySession&) = delete;
+  PySession& operator=(const PySession&) = delete;
+  ~PySession() {
+    if (owner && session) owner->give_back(std::move(session));
+  }
 };
 
 py::array_t<float> logits_array(std::vector<float>&& logits, int64_t vocab) {
@@ -147,6 +188,7 @@ PYBIND11_MODULE(_kestrel, m) {
           py::arg("path"), py::arg("device") = "cpu", py::arg("precision") = "", py::arg("cache") = true,
           py::arg("threads") = 0, py::arg("max_length") = 0, py::arg("deterministic") = false)
       .def_property_readonly("model_type", [](const PyModel& m) { return m.model->config().model_type; })
+      .def_property_readonly("sessions_opened", [](const PyModel& m) { return m.opened.load(); })
       .def_property_readonly("is_encoder_decoder",
                              [](const PyModel& m) { return m.model->is_encoder_decoder(); })
       .def_property_readonly("vocab_size", [](const PyModel& m) { return m.model->config().vocab_size(); })
@@ -158,14 +200,16 @@ PYBIND11_MODULE(_kestrel, m) {
                                if (!m.model->engine_target()) return std::nullopt;
                                return m.model->engine_target()->device;
                              })
-      .def("open_session",
-           [](const std::shared_ptr<PyModel>& m) {
-             auto s = std::make_unique<PySession>();
-             s->owner = m;
-             py::gil_scoped_release release;
-             s->session = open_session(*m->model, m->session_options);
-             return s;
-           })
+      .def(
+          "open_session",
+          [](const std::shared_ptr<PyModel>& m, int64_t rows) {
+            auto s = std::make_unique<PySession>();
+            s->owner = m;
+            py::gil_scoped_release release;
+            s->session = m->take_session(rows);
+            return s;
+          },
+          py::arg("rows") = 0, "A session for up to `rows` rows (the model's idle one where it holds them).")
       .def(
           "generate",
           [](const std::shared_ptr<PyModel>& m, const TokenRows& prompts, py::dict options,
@@ -182,8 +226,11 @@ PYBIND11_MODULE(_kestrel, m) {
             GenerationResult result;
             {
               py::gil_scoped_release release;
-              const auto session = open_session(*m->model, m->session_options);
+              const int64_t rows =
+                  int64_t(prompts.size()) * std::max(config.num_beams, config.num_return_sequences);
+              auto session = m->take_session(rows);
               result = generate(*session, prompts, config, stream);
+              m->give_back(std::move(session));
             }
             py::list sequences, scores;
             for (const auto& s : result.sequences) {

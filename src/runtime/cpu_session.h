@@ -26,6 +26,9 @@ class CpuSession final : public Session {
   std::vector<float> step(const TokenRows& tokens, bool all_positions = false) override;
   void reorder(const std::vector<int64_t>& src_rows) override;
   int64_t batch_size() const override { return int64_t(rows_.size()); }
+  int64_t max_rows() const override {
+    return options_.max_batch > 0 ? options_.max_batch : std::numeric_limits<int64_t>::max();
+  }
   int64_t decoder_length(int64_t b) const override;
 
   // While set, every op's output records its largest |value| (over the rows it wrote) into *ranges, keyed by

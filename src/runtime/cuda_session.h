@@ -82,6 +82,7 @@ class CudaSession final : public Session {
   std::vector<float> step(const TokenRows& tokens, bool all_positions = false) override;
   void reorder(const std::vector<int64_t>& src_rows) override;
   int64_t batch_size() const override { return int64_t(rows_.size()); }
+  int64_t max_rows() const override { return max_batch_; }
   int64_t decoder_length(int64_t b) const override;
   bool chooses_tokens(const TokenChoice& choice) const override;
   ChosenTokens start_and_choose(const TokenRows& rows, const TokenRows& decoder_prefix,

@@ -11,6 +11,7 @@
 //   reorder(src)     : row i becomes a copy of old row src[i] (beam search); B may change (expand for beams).
 // Rows have independent lengths: batched output equals running each row alone.
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
 #include <vector>
@@ -69,6 +70,9 @@ class Session {
   virtual std::vector<float> step(const TokenRows& tokens, bool all_positions = false) = 0;
   virtual void reorder(const std::vector<int64_t>& src_rows) = 0;
   virtual int64_t batch_size() const = 0;
+  // Rows a start() (or a reorder that expands them) may hold: the memory planned up front (CUDA: its
+  // max_batch), or no limit.
+  virtual int64_t max_rows() const { return std::numeric_limits<int64_t>::max(); }
   // Decoder tokens fed so far for row b (prompt + generated for GPT-2; prefix + generated for T5).
   virtual int64_t decoder_length(int64_t b) const = 0;
 

@@ -170,3 +170,40 @@ def test_logits_share_memory_with_the_native_result(gpt2):
     logits = model(torch.tensor([[5, 6, 7]])).logits
     # torch.from_numpy over the engine's own buffer: no copy was made on the way out.
     assert logits.untyped_storage().nbytes() == 3 * 97 * 4
+
+
+def test_calls_reuse_the_idle_session(kestrel, gpt2_checkpoint):
+    """Opening a session plans its memory (and on CUDA uploads every weight), so forwards and generate calls
+    take the model's idle session and give it back; a cache keeps its own until it is dropped, and results do
+    not depend on which session a call got."""
+    folder, reference = gpt2_checkpoint
+    model = kestrel.from_pretrained(folder, cache=False)
+    first = model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=6, do_sample=False)
+    for _ in range(3):
+        assert torch.equal(model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=6,
+                                          do_sample=False), first)
+        model(GPT2_BATCH[1:2])
+    assert model.native.sessions_opened == 1
+    held = model(GPT2_BATCH[1:2], use_cache=True).cache  # keeps the session: the next call opens another
+    again = model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=6, do_sample=False)
+    assert torch.equal(again, first) and model.native.sessions_opened == 2
+    del held
+    with torch.no_grad():
+        expected = reference.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=6, do_sample=False,
+                                      num_beams=3)
+    assert torch.equal(model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=6, do_sample=False,
+                                      num_beams=3), expected)
+    assert model.native.sessions_opened == 2  # the larger of the two idle ones was kept
+
+
+def test_engine_max_batch_grows_for_larger_calls(kestrel, gpt2_checkpoint, tmp_path):
+    """An engine built for 2 rows still takes a call of 3 prompts × 3 beams: the session is reopened larger."""
+    folder, reference = gpt2_checkpoint
+    engine = tmp_path / "two.kestrel"
+    kestrel.build_engine(folder, engine, max_batch=2)
+    model = kestrel.from_pretrained(engine)
+    with torch.no_grad():
+        expected = reference.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=5, do_sample=False,
+                                      num_beams=3)
+    got = model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=5, do_sample=False, num_beams=3)
+    assert torch.equal(got, expected)
