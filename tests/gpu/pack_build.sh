@@ -27,4 +27,45 @@ rm -rf "$DST/stage"
 # The two executables too (their fat binaries compress about 4x): the carry limit is 64 MiB with the tree.
 tar -C "$DST" -cJf "$DST/bins.tar.xz" tests/gpu/kestrel_gpu_driver src/cli/kestrel
 rm -rf "$DST/tests" "$DST/src"
+# What tests/gpu/build_python_module.sh needs to make the Python package's native module on the GPU machine,
+# whose Python this machine lacks: the engine's static libraries (debug info stripped), the header-only
+# libraries bindings.cpp includes, and the link line of the CLI (same libraries) as link.txt, one argument a
+# line: @PACK@/X.a for a packed library, -l:SONAME for a shared one the pack carries, -lNAME for the CUDA
+# toolkit's and the system's.
+mkdir -p "$DST/stage/python/include"
+cp -r /usr/include/nlohmann "$DST/stage/python/include/"
+$(command -v python3) - "$SRC/build.ninja" "$DST/stage/python" "$DST/libs.tar.xz" <<'PYEOF'
+import os, re, subprocess, sys
+ninja, out, libs = sys.argv[1:]
+text = open(ninja).read()
+block = text[text.index("build src/cli/kestrel:"):]
+line = re.search(r"^  LINK_LIBRARIES = (.*)$", block, re.M).group(1).split()
+carried = {os.path.basename(p) for p in subprocess.run(["tar", "-tJf", libs], capture_output=True,
+                                                       text=True, check=True).stdout.split()}
+args = []
+for a in line:
+    if a.startswith("-Wl,-rpath"):
+        continue
+    if a.endswith(".a") and a.startswith("src/"):
+        name = os.path.basename(a)
+        subprocess.run(["strip", "--strip-debug", "-o", os.path.join(out, name),
+                        os.path.join(os.path.dirname(ninja), a)], check=True)
+        args.append("@PACK@/" + name)
+    elif a.endswith("libpthread.a"):
+        args.append("-lpthread")
+    elif re.search(r"/cuda[^/]*/", a) and a.endswith(".so"):  # the GPU machine's own toolkit
+        args.append("-l" + os.path.basename(a)[3:-3])
+    elif a.endswith(".so") or (a.startswith("-l") and os.path.exists(f"/usr/lib/x86_64-linux-gnu/lib{a[2:]}.so")
+                               and a[2:] not in ("dl", "rt", "pthread", "m")):
+        path = a if a.endswith(".so") else f"/usr/lib/x86_64-linux-gnu/lib{a[2:]}.so"
+        dump = subprocess.run(["objdump", "-p", path], capture_output=True, text=True, check=True).stdout
+        soname = re.search(r"SONAME\s+(\S+)", dump).group(1)
+        if soname in carried:  # else not needed at run time (the executables do not load it)
+            args.append("-l:" + soname)
+    else:
+        args.append(a)
+open(os.path.join(out, "link.txt"), "w").write("\n".join(args) + "\n")
+PYEOF
+tar -C "$DST/stage" -cJf "$DST/python.tar.xz" python
+rm -rf "$DST/stage"
 du -sh "$DST"

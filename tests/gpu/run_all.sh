@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device call: GPU parity suite, compute-sanitizer memcheck (and racecheck, synccheck of the bulk-copy
-# kernels) on a short generation of each model type, and the GPU benchmark, using a build made beforehand
-# (carry it):
+# kernels) on a short generation of each model type, the Python package on the GPU, the CLI, and the GPU
+# benchmark, using a build made beforehand and packed by tests/gpu/pack_build.sh (carry it):
 #   tests/gpu/run_all.sh BUILD_DIR OUT_DIR [gpu_bench.py arguments, default: --models gpt2-small,gpt2-xl]
-# Everything lands under OUT_DIR as few files: parity.log, parity.jsonl, memcheck.log, bench.log, bench.json.
-# SKIP=parity,memcheck,cli,bench leaves stages out (e.g. a benchmark-only call).
+# Everything lands under OUT_DIR as few files: parity.log, parity.jsonl, memcheck.log, python.log, bench.log,
+# bench.json. SKIP=parity,memcheck,python,cli,bench leaves stages out (e.g. a benchmark-only call).
 set -uo pipefail
 BUILD=$(realpath "${1:?build dir}")
 OUT=$(realpath "${2:?output dir}")
@@ -75,6 +75,20 @@ for m in gpt2 t5; do
     --new-tokens 3 --max-batch 2 --max-length 32 --out "$MC/o_$m" >> "$OUT/memcheck.log" 2>&1
   rc=$?; echo "racecheck $m fp32 staged keys rc=$rc" | tee -a "$OUT/summary.txt"; [ $rc -eq 0 ] || status=1
 done
+fi
+
+echo "== python" | tee -a "$OUT/summary.txt"
+# The Python package with the CUDA backend, made for this machine's Python (tests/gpu/build_python_module.sh),
+# against transformers on this GPU (tests/gpu/test_gpu_python.py).
+if [[ $SKIP != *,python,* ]]; then
+  PYDEST=$(mktemp -d)
+  if (cd "$ROOT" && bash tests/gpu/build_python_module.sh "$BUILD" "$PYDEST") > "$OUT/python.log" 2>&1; then
+    (cd "$ROOT" && KESTREL_PY_REQUIRED=1 PYTHONPATH="$PYDEST${PYTHONPATH:+:$PYTHONPATH}" timeout 300 \
+      $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_python.py) >> "$OUT/python.log" 2>&1 || status=1
+  else
+    echo "building the Python module failed" >> "$OUT/python.log"; status=1
+  fi
+  tail -n 3 "$OUT/python.log" | tee -a "$OUT/summary.txt"
 fi
 
 echo "== cli" | tee -a "$OUT/summary.txt"
