@@ -183,6 +183,11 @@ PYBIND11_MODULE(_kestrel, m) {
             pm->session_options.max_length = max_length > 0 ? max_length : (target ? target->max_length : 0);
             if (target) pm->session_options.max_batch = target->max_batch;
             pm->session_options.deterministic = deterministic;
+            if (device == "cuda") {  // as transformers' .to("cuda"): the weights go to the GPU now, and a
+                                     // machine without one fails here, not at the first call
+              py::gil_scoped_release release;
+              pm->give_back(pm->take_session(0));
+            }
             return pm;
           },
           py::arg("path"), py::arg("device") = "cpu", py::arg("precision") = "", py::arg("cache") = true,

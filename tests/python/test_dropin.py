@@ -207,3 +207,13 @@ def test_engine_max_batch_grows_for_larger_calls(kestrel, gpt2_checkpoint, tmp_p
                                       num_beams=3)
     got = model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=5, do_sample=False, num_beams=3)
     assert torch.equal(got, expected)
+
+
+def test_cuda_without_a_gpu_fails_at_load(kestrel, gpt2_checkpoint):
+    """device="cuda" opens the model's session (uploads the weights) in from_pretrained, so a machine or build
+    without a usable GPU says so there, with what to do, instead of at the first call."""
+    import torch as t
+    if t.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(kestrel.KestrelError, match=r"--device cuda: .*use --device cpu"):
+        kestrel.from_pretrained(gpt2_checkpoint[0], device="cuda", cache=False)
