@@ -81,15 +81,19 @@ struct PyModel {
   std::atomic<int64_t> opened{0};  // sessions opened so far (tests check the reuse)
 
   std::unique_ptr<Session> take_session(int64_t rows) {
+    std::unique_ptr<Session> too_small;
     {
       std::lock_guard<std::mutex> lock(mutex);
       if (idle && idle->max_rows() >= rows) return std::move(idle);
+      too_small = std::move(idle);
     }
-    // Past the rows planned (an explicit max_batch, or the backend's default: CUDA plans 8), twice as many,
-    // so a growing batch does not reopen at every call.
+    // Past the rows planned (an explicit max_batch, the idle session's, or the backend's default: CUDA plans
+    // 8), twice as many, so a growing batch does not reopen at every call. The idle session is closed first:
+    // on a GPU both would hold every weight.
     SessionOptions options = session_options;
-    if (options.max_batch > 0 && rows > options.max_batch)
-      options.max_batch = std::max(rows, 2 * options.max_batch);
+    const int64_t planned = too_small ? too_small->max_rows() : options.max_batch;
+    too_small.reset();
+    if (planned > 0 && rows > planned) options.max_batch = std::max(rows, 2 * planned);
     auto session = open_session(*model, options);
     ++opened;
     if (session->max_rows() < rows) {
