@@ -207,6 +207,11 @@ def test_engine_max_batch_grows_for_larger_calls(kestrel, gpt2_checkpoint, tmp_p
                                       num_beams=3)
     got = model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=5, do_sample=False, num_beams=3)
     assert torch.equal(got, expected)
+    assert model.native.sessions_opened == 1  # for max(9, 2 × 2) rows
+    model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=2, do_sample=False, num_beams=4)
+    assert model.native.sessions_opened == 2  # 12 rows: max(12, 2 × 9)
+    model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=2, do_sample=False, num_beams=5)
+    assert model.native.sessions_opened == 2  # 15 rows fit in 18
 
 
 def test_cuda_without_a_gpu_fails_at_load(kestrel, gpt2_checkpoint):
