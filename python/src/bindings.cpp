@@ -71,8 +71,8 @@ GenerationOptions generation_options(py::dict options) {
 // One loaded model plus the session options every session on it uses, and the session its last call left
 // idle. Opening a session plans its memory and, on CUDA, uploads every weight: a forward or generate() that
 // opened one per call would spend most of its time there. So calls take the idle session when it holds their
-// rows, and give it back when they are done (a PySession when Python drops it); one that needs more rows opens
-// a larger one, and concurrent calls, finding none idle, open their own.
+// rows, and give it back when they are done (a PySession when Python drops it); one that needs more rows
+// opens a larger one, and concurrent calls, finding none idle, open their own.
 struct PyModel {
   std::unique_ptr<Model> model;
   SessionOptions session_options;

@@ -1067,7 +1067,7 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   }
 }
 
-bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const Pass& pass) {
+bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, Pass& pass) {
   if (impl_->step_state != 0) return impl_->step_state > 0;
   impl_->step_state = -1;
   // Opt-in (KESTREL_STEP_KERNEL=1) until it beats the op-by-op graph: on an H100 it does not yet
@@ -1125,7 +1125,7 @@ bool CudaSession::prepare_step_kernel(const std::vector<BoundOp>& program, const
   return true;
 }
 
-void CudaSession::run_program(const std::vector<BoundOp>& program, const Pass& pass) {
+void CudaSession::run_program(const std::vector<BoundOp>& program, Pass& pass) {
   impl_->pending_qkv.reset();
   for (size_t i = 0; i < program.size();) {
     size_t fused = fused_ffn(program, i);
@@ -1168,7 +1168,7 @@ cuda::BlockWait CudaSession::block_wait() const {
   return w;
 }
 
-size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass,
+size_t CudaSession::fused_linear(const std::vector<BoundOp>& program, size_t i, Pass& pass,
                                  cuda::StepLinear* call) {
   if (!program[i].feeds_gemv) return 0;
   const bool take = program[i].op->kind == OpKind::TakeOutputs;

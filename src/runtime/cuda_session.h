@@ -177,13 +177,13 @@ class CudaSession final : public Session {
     bool decode = false;
     bool project_self = false, project_cross = false;  // projected attentions run fused (fused_attention)
     unsigned long long* argmax = nullptr;              // a greedy pass: the argmax keys of its logits rows
-    mutable bool argmax_fused = false;  // set when the LM head's GEMV raised them (fused_linear)
+    bool argmax_fused = false;  // set when the LM head's GEMV raised them (fused_linear)
   };
-  void run_program(const std::vector<BoundOp>& program, const Pass& pass);
+  void run_program(const std::vector<BoundOp>& program, Pass& pass);
   void run_op(const BoundOp& b, const Pass& pass);
   // Runs program[i..] as one GEMV if it is a take_outputs/norm chain into a decode-sized linear (or, with
   // `call`, only describes that GEMV there); returns the number of ops consumed (0: not fused).
-  size_t fused_linear(const std::vector<BoundOp>& program, size_t i, const Pass& pass,
+  size_t fused_linear(const std::vector<BoundOp>& program, size_t i, Pass& pass,
                       cuda::StepLinear* call = nullptr);
   // Runs program[i..i+2] as one ffn() kernel when it is a feed-forward block over one row; returns the ops
   // consumed (0: not fused).
@@ -211,7 +211,7 @@ class CudaSession final : public Session {
   cuda::AttentionArgs attention_args(const BoundOp& b, const Pass& pass);
   // Builds and uploads the persistent step kernel's program for decode steps of one row (once); false when
   // the plan has an op it cannot run.
-  bool prepare_step_kernel(const std::vector<BoundOp>& program, const Pass& pass);
+  bool prepare_step_kernel(const std::vector<BoundOp>& program, Pass& pass);
   int choose_splits(int64_t T, int64_t heads, int64_t max_keys) const;
   void begin(const TokenRows& rows, const TokenRows& decoder_prefix, Want want, const Outputs& outputs,
              bool all_positions);

@@ -295,8 +295,8 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   // blocks: read them from L2 (ld.global.cg), never from a stale L1 line.
   auto load = [&](const uint4* p) { return kQkv ? __ldcg(p) : *p; };
   // With kStage (a projecting kernel), the row's first a.stage_keys cached keys and values are copied into
-  // shared memory before pdl_wait() (behind the weight slice), so no load after it waits on DRAM for them; the
-  // rest are loaded as they are needed (no register prefetch below: it would not fit the register bound).
+  // shared memory before pdl_wait() (behind the weight slice), so no load after it waits on DRAM for them;
+  // the rest are loaded as they are needed (no register prefetch below: it would not fit the register bound).
   T* wslice = reinterpret_cast<T*>(reinterpret_cast<char*>(dynamic_smem) + scores_bytes(a.max_keys));
   const int cols = a.proj_cols;
   uint4* kstage = reinterpret_cast<uint4*>(reinterpret_cast<char*>(wslice) + slice_bytes(D, cols, sizeof(T)));
@@ -480,9 +480,9 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
     for (int i = 0; i < kValuePrefetch; ++i) {  // the prefetched rows (or loads where none was possible)
       const int j = k0 + g + i * groups;
       if (j >= k1) break;
-      const uint4 vv = is_staged(j)                                  ? vstage[(j - k0) * RS + c]
+      const uint4 vv = is_staged(j)                                 ? vstage[(j - k0) * RS + c]
                        : !kStage && a.cache_ready && j != fresh_pos ? vpre[i]
-                                                                     : load(value_row(j) + c);
+                                                                    : load(value_row(j) + c);
       const T* vp = reinterpret_cast<const T*>(&vv);
       const float p = scores[j - k0];
 #pragma unroll
@@ -750,8 +750,9 @@ void attention(const AttentionArgs& a, Stream stream) {
       }();
       (void)configured;
       p.stage_keys = stage_keys<T>(p, grid);
-      launch_pdl(p.stage_keys > 0 ? attention_rows_kernel<T, true, false, true> : attention_rows_kernel<T, true>,
-                 grid, dim3(kRowThreads), project_smem(p, p.proj_cols), stream, p);
+      launch_pdl(
+          p.stage_keys > 0 ? attention_rows_kernel<T, true, false, true> : attention_rows_kernel<T, true>,
+          grid, dim3(kRowThreads), project_smem(p, p.proj_cols), stream, p);
     });
     check_launch("attention with output projection");
     return;
