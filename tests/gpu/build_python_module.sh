@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Makes the Python package, with the CUDA backend, for the Python of the machine it runs on (the GPU machine's:
-# the build machine has another), from a build packed by tests/gpu/pack_build.sh:
+# Makes the Python package, with the CUDA backend, for the Python of the machine it runs on (the GPU
+# machine's: the build machine has another), from a build packed by tests/gpu/pack_build.sh:
 #   tests/gpu/build_python_module.sh BUILD_DIR DEST     (then: PYTHONPATH=DEST python3 -c 'import kestrel')
 # Only python/src/bindings.cpp is compiled here, against this Python and its pybind11; it is linked with the
 # engine's packed static libraries and the CUDA toolkit found beside nvcc. Run from the repository root.
@@ -9,7 +9,10 @@ BUILD=$(realpath "${1:?packed build dir}")
 DEST=${2:?destination folder}
 PY=${PYTHON:-python3}
 source tests/gpu/use_build.sh
-[ -f "$BUILD/python.tar.xz" ] || { echo "$BUILD has no python.tar.xz: pack it with tests/gpu/pack_build.sh" >&2; exit 2; }
+if [ ! -f "$BUILD/python.tar.xz" ]; then
+  echo "$BUILD has no python.tar.xz: pack the build with tests/gpu/pack_build.sh" >&2
+  exit 2
+fi
 [ -d "$BUILD/python" ] || tar -C "$BUILD" -xJf "$BUILD/python.tar.xz"
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}

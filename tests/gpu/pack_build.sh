@@ -55,8 +55,8 @@ for a in line:
         args.append("-lpthread")
     elif re.search(r"/cuda[^/]*/", a) and a.endswith(".so"):  # the GPU machine's own toolkit
         args.append("-l" + os.path.basename(a)[3:-3])
-    elif a.endswith(".so") or (a.startswith("-l") and os.path.exists(f"/usr/lib/x86_64-linux-gnu/lib{a[2:]}.so")
-                               and a[2:] not in ("dl", "rt", "pthread", "m")):
+    elif a.endswith(".so") or (a.startswith("-l") and a[2:] not in ("dl", "rt", "pthread", "m")
+                               and os.path.exists(f"/usr/lib/x86_64-linux-gnu/lib{a[2:]}.so")):
         path = a if a.endswith(".so") else f"/usr/lib/x86_64-linux-gnu/lib{a[2:]}.so"
         dump = subprocess.run(["objdump", "-p", path], capture_output=True, text=True, check=True).stdout
         soname = re.search(r"SONAME\s+(\S+)", dump).group(1)
