@@ -16,8 +16,10 @@ torch = pytest.importorskip("torch")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "models"))
+sys.path.insert(0, str(HERE.parent / "python"))
 import checkpoints as parity_checkpoints  # noqa: E402  (logits spread far apart: generate's ties are rare)
 import gpu_models  # noqa: E402  (weights whose fp16 rounding stays within the parity suite's tolerance)
+from helpers import assert_t5_logits_and_cache_match  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -97,14 +99,8 @@ def test_t5_logits_and_cache_match_transformers(kestrel, checkpoints):
     folder, ref = checkpoints["t5"]
     model = kestrel.from_pretrained(folder, device="cuda", precision="fp32")
     ids, mask = t5_inputs()
-    decoder = torch.tensor([[0, 4, 5], [0, 6, 7], [0, 8, 9]], device="cuda")
-    with torch.no_grad():
-        expected = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
-    got = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    step = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder[:, :2], use_cache=True)
-    nxt = model(decoder_input_ids=decoder[:, 2:], cache=step.cache)
-    torch.testing.assert_close(nxt.logits[:, 0], expected[:, 2], rtol=1e-4, atol=1e-4)
+    assert_t5_logits_and_cache_match(model, ref, ids, mask,
+                                     torch.tensor([[0, 4, 5], [0, 6, 7], [0, 8, 9]], device="cuda"))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import assert_t5_logits_and_cache_match
 from transformers import GenerationConfig
 
 GPT2_BATCH = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 0, 0, 13, 14]])  # left padded (pad 0)
@@ -51,14 +52,7 @@ def test_gpt2_cache_continues_like_transformers(gpt2):
 
 def test_t5_logits_match(t5):
     model, ref = t5
-    decoder = torch.tensor([[0, 4, 5], [0, 6, 7], [0, 8, 9]])
-    with torch.no_grad():
-        expected = ref(input_ids=T5_BATCH, attention_mask=T5_MASK, decoder_input_ids=decoder).logits
-    got = model(input_ids=T5_BATCH, attention_mask=T5_MASK, decoder_input_ids=decoder).logits
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    step = model(input_ids=T5_BATCH, attention_mask=T5_MASK, decoder_input_ids=decoder[:, :2], use_cache=True)
-    nxt = model(decoder_input_ids=decoder[:, 2:], cache=step.cache)
-    torch.testing.assert_close(nxt.logits[:, 0], expected[:, 2], rtol=1e-4, atol=1e-4)
+    assert_t5_logits_and_cache_match(model, ref, T5_BATCH, T5_MASK, torch.tensor([[0, 4, 5], [0, 6, 7], [0, 8, 9]]))
 
 
 GENERATE_CASES = [

@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(kRowThreads, kProject ? kProjectMinBlocks : 1)
   T* wslice = reinterpret_cast<T*>(reinterpret_cast<char*>(dynamic_smem) + scores_bytes(a.max_keys));
   const int cols = a.proj_cols;
   uint4* kstage = reinterpret_cast<uint4*>(reinterpret_cast<char*>(wslice) + slice_bytes(D, cols, sizeof(T)));
-  const int RS = DV + 1;  // staged_row_vecs()
+  const int RS = staged_row_vecs(D, sizeof(T));  // a staged row's stride in 16-byte vectors
   uint4* vstage = kstage + int64_t(a.stage_keys) * RS;
   const int staged = kStage && a.cache_ready ? max(0, min(k1 - k0, a.stage_keys)) : 0;
   auto is_staged = [&](int j) { return kStage && j - k0 < staged && j != fresh_pos; };
