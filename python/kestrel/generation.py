@@ -40,6 +40,9 @@ def resolve_config(model, generation_config, kwargs):
 
 def non_native_settings(model, config, loop_arguments):
     default = GenerationConfig().to_dict()
+    # What transformers puts in place of an unset field (typical_p 1.0, num_beam_groups 1, ...; some pipelines
+    # fill them in): set to that, a field changes nothing.
+    library = getattr(GenerationConfig, "_get_default_generation_params", dict)()
     own = model.generation_config.to_dict()
     found = [name for name, value in loop_arguments.items() if value is not None]
     for key, value in config.to_dict().items():
@@ -49,7 +52,8 @@ def non_native_settings(model, config, loop_arguments):
             if value is not None and value != own.get(key):
                 found.append(key)
         elif value != default.get(key) and (value or default.get(key)):  # None, False and 0 all mean "off"
-            found.append(key)
+            if key not in library or value != library[key]:
+                found.append(key)
     return found
 
 

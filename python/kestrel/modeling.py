@@ -4,6 +4,7 @@ forward(input_ids, attention_mask, ...) returns transformers' output classes wit
 vocab], float32, on the caller's device) and, with use_cache, a `KestrelCache`: the native session that holds
 every row's KV cache, so the next forward takes only the new tokens, as with transformers' own caches.
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -15,6 +16,11 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPas
 
 from . import _kestrel, generation
 from .inputs import check_ids, rows_from_batch, scatter_rows
+
+# transformers 5.24 renamed model outputs' `past_key_values` to `cache` (the old name stays readable there);
+# Kestrel's outputs fill the field this transformers has.
+_CACHE_FIELD = ("cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+                else "past_key_values")
 
 ENGINE_MAGIC = b"KESTRELE"
 
@@ -161,7 +167,7 @@ class KestrelForCausalLM(_KestrelPreTrainedModel):
             flat = self._logits_tensor(session.start(rows, all_positions=True))
             logits = scatter_rows(flat, rows, mask, batch, width)
             cache = KestrelCache(session, width) if use_cache else None
-        return CausalLMOutputWithPast(logits=logits, cache=cache if use_cache else None)
+        return CausalLMOutputWithPast(logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, past_key_values=None, attention_mask=None,
                                       **kwargs):
@@ -216,7 +222,7 @@ class KestrelForSeq2SeqLM(_KestrelPreTrainedModel):
             flat = self._logits_tensor(session.start(rows, decoder_rows, all_positions=True))
             logits = scatter_rows(flat, decoder_rows, decoder_mask, batch, width)
             cache = KestrelCache(session, width) if use_cache else None
-        return Seq2SeqLMOutput(logits=logits, cache=cache if use_cache else None)
+        return Seq2SeqLMOutput(logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
 
     def _shift_right(self, labels):
         start = self.native.decoder_start_token_id

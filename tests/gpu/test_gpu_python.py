@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parent / "models"))
 sys.path.insert(0, str(HERE.parent / "python"))
 import checkpoints as parity_checkpoints  # noqa: E402  (logits spread far apart: generate's ties are rare)
 import gpu_models  # noqa: E402  (weights whose fp16 rounding stays within the parity suite's tolerance)
-from helpers import assert_t5_logits_and_cache_match  # noqa: E402
+from helpers import assert_t5_logits_and_cache_match, cache_of  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -91,7 +91,7 @@ def test_gpt2_logits_and_cache_match_transformers(kestrel, checkpoints):
         expected = ref(ids).logits
     torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
     out = model(ids[:, :4], use_cache=True)
-    step = model(ids[:, 4:], cache=out.cache)
+    step = model(ids[:, 4:], cache=cache_of(out))
     torch.testing.assert_close(step.logits[:, -1], expected[:, -1], rtol=1e-4, atol=1e-4)
 
 

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_t5_logits_and_cache_match
+from helpers import assert_t5_logits_and_cache_match, cache_of
 from transformers import GenerationConfig
 
 GPT2_BATCH = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 0, 0, 13, 14]])  # left padded (pad 0)
@@ -42,12 +42,12 @@ def test_gpt2_cache_continues_like_transformers(gpt2):
     model, ref = gpt2
     ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     out = model(ids, use_cache=True)
-    step = model(torch.tensor([[11], [12]]), cache=out.cache)
+    step = model(torch.tensor([[11], [12]]), cache=cache_of(out))
     with torch.no_grad():
         full = ref(torch.cat([ids, torch.tensor([[11], [12]])], 1)).logits
     torch.testing.assert_close(step.logits[:, -1], full[:, -1], rtol=1e-4, atol=1e-4)
-    assert out.cache.get_seq_length() == 4
-    assert model(ids, use_cache=False).cache is None
+    assert cache_of(out).get_seq_length() == 4
+    assert cache_of(model(ids, use_cache=False)) is None
 
 
 def test_t5_logits_match(t5):
@@ -178,7 +178,7 @@ def test_calls_reuse_the_idle_session(kestrel, gpt2_checkpoint):
                                           do_sample=False), first)
         model(GPT2_BATCH[1:2])
     assert model.native.sessions_opened == 1
-    held = model(GPT2_BATCH[1:2], use_cache=True).cache  # keeps the session: the next call opens another
+    held = cache_of(model(GPT2_BATCH[1:2], use_cache=True))  # keeps the session: the next call opens another
     again = model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=6, do_sample=False)
     assert torch.equal(again, first) and model.native.sessions_opened == 2
     del held
