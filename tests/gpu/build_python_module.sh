@@ -20,8 +20,10 @@ suffix=$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))
 mapfile -t link < <(sed "s|@PACK@|$BUILD/python|" "$BUILD/python/link.txt")
 mkdir -p "$DEST/kestrel"
 cp python/kestrel/*.py "$DEST/kestrel/"
+# The system's c++, not $CXX: the GPU machine's environment names another toolchain there, whose module
+# crashed in std::ostream (two C++ runtimes' locale state in one process); KESTREL_CXX overrides it.
 # shellcheck disable=SC2046  # pybind11 --includes prints several -I flags
-${CXX:-c++} -O2 -std=c++20 -fPIC -shared -fvisibility=hidden -fopenmp -DNDEBUG -DKESTREL_HAVE_CUDA=1 \
+${KESTREL_CXX:-c++} -O2 -std=c++20 -fPIC -shared -fvisibility=hidden -fopenmp -DNDEBUG -DKESTREL_HAVE_CUDA=1 \
   -I src -I include -isystem "$BUILD/python/include" $($PY -m pybind11 --includes) \
   python/src/bindings.cpp -o "$DEST/kestrel/_kestrel$suffix" \
   -L"$BUILD/lib" -L"$BUILD/lib/fallback" -L"$CUDA_HOME/lib64" -L"$CUDA_HOME/targets/x86_64-linux/lib" \
