@@ -16,6 +16,7 @@ Per model, batch 1:
              torch.compile of the decode step; Kestrel's per-token time is its decode step
 Batches (--batches, for --batch-models): tokens/s of Kestrel and transformers eager generating 64 tokens per row.
 Long prompt (--long-prompt N, GPT-2 models): time to the first token of an N-token prompt.
+Python (--python): the same e2e and per-token figures for generate() of the kestrel Python package on the engine.
 
   python bench/gpu_bench.py --build BUILD --out results.json [--models gpt2-small,gpt2-xl,t5-small,t5-3b]
       [--compile gpt2-xl] [--batches 8,32] [--batch-models gpt2-small] [--long-prompt 1024] [--runs 5]
@@ -199,6 +200,14 @@ def bench_model(name, args, driver, bw, tmp):
                     "step_ms_p90": statistics.quantiles(kb["step_ms"], n=10)[-1],
                     "e2e_runs": kb["e2e_ms"], "engine_build_s": build_s, "engine_load_ms": k["load_ms"],
                     "open_ms": k["open_ms"], "precision_notes": k.get("precision_notes", [])}
+    if args.python:  # the same engine through the Python package, as a transformers user calls it
+        import kestrel as kestrel_package
+        pm = kestrel_package.from_pretrained(path, device="cuda")
+        py_e2e = hf_generate_ms(pm, rows1, NEW_TOKENS, args.runs)
+        r["kestrel_python"] = {"e2e_ms": med(py_e2e), "per_token_ms": hf_per_token_ms(pm, rows1, 3),
+                               "e2e_runs": py_e2e}
+        r["kestrel_python"]["e2e_over_driver"] = r["kestrel_python"]["e2e_ms"] / r["kestrel"]["e2e_ms"]
+        del pm
     if args.ablate_pdl:  # the same run with programmatic dependent launch off
         kn = kestrel(driver, path, rows1, NEW_TOKENS, args.runs, tmp, f"{name}_nopdl", env={"KESTREL_NO_PDL": "1"})
         r["kestrel_without_pdl"] = {"e2e_ms": med(kn["bench"]["e2e_ms"]), "step_ms": med(kn["bench"]["step_ms"])}
@@ -243,6 +252,8 @@ def main():
     ap.add_argument("--batch-models", default="")
     ap.add_argument("--long-prompt", type=int, default=0)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--python", action="store_true",
+                    help="also time generate() through the kestrel Python package (importable, with CUDA)")
     ap.add_argument("--ablate-pdl", action="store_true", help="also time Kestrel with KESTREL_NO_PDL=1")
     args = ap.parse_args()
     models = [f"gpt2-{s}" for s in args.sizes.split(",")] if args.sizes else args.models.split(",")
@@ -282,6 +293,10 @@ def print_table(results):
               f"{k['first_ms']:.2f} / {e['first_ms']:.2f} | {k['step_ms']:.3f} | {m['decode_floor_ms']:.3f} | "
               f"{m['step_over_floor']:.2f} | {m['achieved_GBps']:.0f} | - | - |")
     for name, m in results["models"].items():
+        if "kestrel_python" in m:
+            p = m["kestrel_python"]
+            print(f"{name} through the Python package: e2e {p['e2e_ms']:.1f} ms ({p['e2e_over_driver']:.2f}x the "
+                  f"driver's), {p['per_token_ms']:.3f} ms/token in generate()")
         if "kestrel_without_pdl" in m:
             print(f"{name} without PDL: step {m['kestrel_without_pdl']['step_ms']:.3f} ms, "
                   f"e2e {m['kestrel_without_pdl']['e2e_ms']:.1f} ms")

@@ -80,16 +80,18 @@ fi
 echo "== python" | tee -a "$OUT/summary.txt"
 # The Python package with the CUDA backend, made for this machine's Python (tests/gpu/build_python_module.sh),
 # against transformers on this GPU (tests/gpu/test_gpu_python.py).
-if [[ $SKIP != *,python,* ]]; then
+# The benchmark also times generate() through it.
+PYDEST=
+if [[ $SKIP != *,python,* || $SKIP != *,bench,* ]]; then
   PYDEST=$(mktemp -d)
-  if (cd "$ROOT" && bash tests/gpu/build_python_module.sh "$BUILD" "$PYDEST") > "$OUT/python.log" 2>&1; then
-    (cd "$ROOT" && KESTREL_PY_REQUIRED=1 PYTHONPATH="$PYDEST${PYTHONPATH:+:$PYTHONPATH}" timeout 300 \
-      $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_python.py) >> "$OUT/python.log" 2>&1 || status=1
-  else
-    echo "building the Python module failed" >> "$OUT/python.log"; status=1
-  fi
-  tail -n 3 "$OUT/python.log" | tee -a "$OUT/summary.txt"
+  (cd "$ROOT" && bash tests/gpu/build_python_module.sh "$BUILD" "$PYDEST") > "$OUT/python.log" 2>&1 \
+    || { echo "building the Python module failed" >> "$OUT/python.log"; PYDEST=; status=1; }
 fi
+if [[ $SKIP != *,python,* ]] && [ -n "$PYDEST" ]; then
+  (cd "$ROOT" && KESTREL_PY_REQUIRED=1 PYTHONPATH="$PYDEST${PYTHONPATH:+:$PYTHONPATH}" timeout 300 \
+    $PY -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_python.py) >> "$OUT/python.log" 2>&1 || status=1
+fi
+[[ $SKIP == *,python,* ]] || tail -n 3 "$OUT/python.log" | tee -a "$OUT/summary.txt"
 
 echo "== cli" | tee -a "$OUT/summary.txt"
 # The kestrel CLI on the built-in models: cuda fp32 must print exactly what cpu prints; fp16 is reported.
@@ -114,7 +116,9 @@ if [ -x "$K" ] && [[ $SKIP != *,cli,* ]]; then
 fi
 
 echo "== bench" | tee -a "$OUT/summary.txt"
-[[ $SKIP == *,bench,* ]] || (cd "$ROOT" && timeout 540 $PY bench/gpu_bench.py --build "$BUILD" --out "$OUT/bench.json" \
-  "${BENCH_ARGS[@]}") > "$OUT/bench.log" 2>&1 || status=1
+PYBENCH=(); [ -n "$PYDEST" ] && PYBENCH=(--python)
+[[ $SKIP == *,bench,* ]] || (cd "$ROOT" && PYTHONPATH="$PYDEST${PYTHONPATH:+:$PYTHONPATH}" timeout 540 \
+  $PY bench/gpu_bench.py --build "$BUILD" --out "$OUT/bench.json" "${BENCH_ARGS[@]}" "${PYBENCH[@]}") \
+  > "$OUT/bench.log" 2>&1 || status=1
 tail -n 4 "$OUT/bench.log" | tee -a "$OUT/summary.txt"
 exit $status
