@@ -92,6 +92,21 @@ def test_generation_config_object(gpt2):
         assert torch.equal(model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, generation_config=config), expected)
 
 
+def test_settings_at_their_library_default_stay_native(gpt2):
+    """typical_p 1.0, num_beam_groups 1, ... are what transformers uses when they are unset (some pipelines fill
+    them in): they change nothing, so Kestrel's own loop runs."""
+    model, ref = gpt2
+    neutral = dict(typical_p=1.0, num_beam_groups=1, encoder_repetition_penalty=1.0, epsilon_cutoff=0.0)
+    kwargs = dict(attention_mask=GPT2_MASK, max_new_tokens=6, num_beams=2, pad_token_id=0)
+    with torch.no_grad():
+        expected = ref.generate(GPT2_BATCH, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all native: no fallback notice
+        assert torch.equal(model.generate(GPT2_BATCH, **kwargs, **neutral), expected)
+    with pytest.warns(UserWarning, match="typical_p not run natively"):
+        model.generate(GPT2_BATCH, **kwargs, typical_p=0.9)
+
+
 def test_sampling_follows_torch_seed(gpt2):
     model, _ = gpt2
     kwargs = dict(attention_mask=GPT2_MASK, do_sample=True, top_k=20, top_p=0.9, temperature=0.8,
