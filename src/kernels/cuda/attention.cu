@@ -640,11 +640,8 @@ constexpr int64_t kStageKeys = 64;
 template <typename T>
 int stage_keys(AttentionArgs p, dim3 grid) {
   auto* kernel = attention_rows_kernel<T, true, false, true>;
-  static const bool configured = [&] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxRowsSmem));
-    return true;
-  }();
-  (void)configured;
+  static std::atomic<size_t> allowed{0};  // the occupancy query below counts the shared memory it may use
+  allow_shared_memory(kernel, kMaxRowsSmem, allowed, "attention with staged keys");
   static const int64_t forced =
       std::getenv("KESTREL_ATTN_STAGE_KEYS") ? std::max<int64_t>(0, env_int("KESTREL_ATTN_STAGE_KEYS")) : -1;
   const int64_t vectors = int64_t(p.head_dim) * int64_t(dtype_size(p.dtype)) / 16;
@@ -686,11 +683,8 @@ bool qkv_fits(const AttentionArgs& a) {
 template <typename T>
 bool launch_with_qkv(AttentionArgs p, dim3 grid, cudaStream_t stream) {
   auto* kernel = attention_rows_kernel<T, true, true>;
-  static const bool configured = [&] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxRowsSmem));
-    return true;
-  }();
-  (void)configured;
+  static std::atomic<size_t> allowed{0};
+  allow_shared_memory(kernel, kMaxRowsSmem, allowed, "attention with the QKV GEMV");
   const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
   const int S = int(grid.z);
   // KESTREL_ATTN_QKV_ROWS=n: at most n rows in shared memory (tuning)
@@ -743,12 +737,9 @@ void attention(const AttentionArgs& a, Stream stream) {
              false, false, q.y, a.dtype, stream);
         p.qkv = AttentionQkv{};
       }
-      static const bool configured = [] {
-        cudaFuncSetAttribute(attention_rows_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(kMaxRowsSmem));
-        return true;
-      }();
-      (void)configured;
+      static std::atomic<size_t> allowed{0};
+      allow_shared_memory(attention_rows_kernel<T, true>, kMaxRowsSmem, allowed,
+                          "attention with output projection");
       p.stage_keys = stage_keys<T>(p, grid);
       launch_pdl(
           p.stage_keys > 0 ? attention_rows_kernel<T, true, false, true> : attention_rows_kernel<T, true>,
@@ -765,12 +756,8 @@ void attention(const AttentionArgs& a, Stream stream) {
     if (a.fresh && !rows_kernel) internal_error("attention: fused KV store needs 16-byte aligned heads");
     if (rows_kernel) {
       const size_t smem = size_t((a.max_keys + a.splits - 1) / a.splits) * sizeof(float);
-      static const bool configured = [] {
-        cudaFuncSetAttribute(attention_rows_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(kMaxRowsSmem));
-        return true;
-      }();
-      (void)configured;
+      static std::atomic<size_t> allowed{0};
+      allow_shared_memory(attention_rows_kernel<T, false>, kMaxRowsSmem, allowed, "attention");
       if (smem > kMaxRowsSmem)
         fail("attention: " + std::to_string(a.max_keys) +
              " keys per row exceed the CUDA backend's limit; "

@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace kestrel::cuda {
 
@@ -175,11 +176,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionArgs a)
 template <typename T, int D>
 void launch(const AttentionArgs& a, cudaStream_t stream) {
   constexpr size_t smem = TileLayout<D>::bytes;
-  static const bool configured = [] {
-    cudaFuncSetAttribute(attention_tc_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    return true;
-  }();
-  (void)configured;
+  static std::atomic<size_t> allowed{0};
+  allow_shared_memory(attention_tc_kernel<T, D>, smem, allowed, "prompt attention");
   const dim3 grid(unsigned((a.max_queries + kQ - 1) / kQ), unsigned(a.heads), unsigned(a.rows));
   attention_tc_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
 }

@@ -243,7 +243,7 @@ template <typename T, bool kGated>
 void launch(const FfnParams& p, cudaStream_t stream) {
   auto* kernel = ffn_kernel<T, kGated>;
   const size_t smem = smem_bytes(p.D, sizeof(T));
-  static size_t allowed = 0;
+  static std::atomic<size_t> allowed{0};
   allow_shared_memory(kernel, smem, allowed, "ffn");
   const int sms = sm_count();
   int per_sm = 0;
@@ -553,7 +553,7 @@ template <typename T, bool kGated, bool kMma>
 void launch_form(const FfnParams& p, cudaStream_t stream) {
   auto* kernel = ffn_bulk_kernel<T, kGated, kMma>;
   const Layout l = layout(p.D, sizeof(T), kGated, kMma);
-  static size_t allowed = 0;
+  static std::atomic<size_t> allowed{0};
   allow_shared_memory(kernel, l.total, allowed, "ffn_bulk");
   // Every block must be resident at once (each waits for all to have staged: arrive_staged).
   int per_sm = 0;

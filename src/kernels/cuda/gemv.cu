@@ -274,14 +274,10 @@ template <typename T, typename TX, typename TY, bool kStaged, bool kGated, int k
 void launch(const GemvParams& p, cudaStream_t stream) {
   auto* kernel = gemv_kernel<T, TX, TY, kStaged, kGated, kRows>;
   const size_t smem = kStaged ? size_t(p.in.M) * size_t(p.in.K) * sizeof(T) : 0;
-  static const bool configured = [&] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
-    if constexpr (kRows == 1)
-      cudaFuncSetAttribute(gemv_tall_kernel<T, TX, TY, kStaged, kGated>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
-    return true;
-  }();
-  (void)configured;
+  static std::atomic<size_t> allowed{0}, allowed_tall{0};
+  allow_shared_memory(kernel, kMaxStageBytes, allowed, "gemv");
+  if constexpr (kRows == 1)
+    allow_shared_memory(gemv_tall_kernel<T, TX, TY, kStaged, kGated>, kMaxStageBytes, allowed_tall, "gemv");
   const int sms = sm_count();
   int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)), "gemv");

@@ -130,7 +130,7 @@ void launch(const BulkParams& base, cudaStream_t stream) {
   p.rows_per_stage = pl.rows_per_stage;
   p.stages = pl.stages;
   p.row_bytes = unsigned(size_t(p.in.K) * sizeof(T));
-  static size_t allowed = 0;
+  static std::atomic<size_t> allowed{0};
   allow_shared_memory(kernel, pl.smem, allowed, "gemv_bulk");
   const int64_t blocks = std::min<int64_t>(sm_count(), (p.N + pl.rows_per_stage - 1) / pl.rows_per_stage);
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(kThreads), pl.smem, stream, p);

@@ -8,6 +8,8 @@
 // ordinary.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <mutex>
 #include <utility>
 
 #include "core/env.h"
@@ -34,12 +36,17 @@ bool pdl_supported();
 bool hopper_or_later();
 
 // Lets `kernel` use `bytes` of dynamic shared memory. `allowed` is the caller's record of what the kernel is
-// allowed so far (a static beside the launch), so the attribute is set only when a launch needs more.
+// allowed so far (a static beside the launch), so the attribute is set only when a launch needs more;
+// sessions on several threads may get here at once, hence the atomic and the lock around raising it.
 template <typename... KArgs>
-void allow_shared_memory(void (*kernel)(KArgs...), size_t bytes, size_t& allowed, const char* what) {
-  if (bytes <= allowed) return;
+void allow_shared_memory(void (*kernel)(KArgs...), size_t bytes, std::atomic<size_t>& allowed,
+                         const char* what) {
+  if (bytes <= allowed.load(std::memory_order_acquire)) return;
+  static std::mutex raising;
+  const std::lock_guard<std::mutex> lock(raising);
+  if (bytes <= allowed.load(std::memory_order_relaxed)) return;
   check(int(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes))), what);
-  allowed = bytes;
+  allowed.store(bytes, std::memory_order_release);
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) through cudaLaunchKernelEx, with `attribute` when it is

@@ -656,11 +656,8 @@ void upload_step_program(const std::vector<StepOp>& ops, void* program, Stream s
 }
 
 void run_step_program(const void* program, size_t n_ops, Stream stream) {
-  static const bool configured = [] {
-    cudaFuncSetAttribute(step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
-    return true;
-  }();
-  (void)configured;
+  static std::atomic<size_t> allowed{0};
+  allow_shared_memory(step_kernel, kSmemBytes, allowed, "decode step kernel");
   const int sms = sm_count();
   int per_sm = 0;
   check(int(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, step_kernel, kThreads, kSmemBytes)),
