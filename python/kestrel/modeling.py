@@ -62,12 +62,15 @@ def _kestrel_device(device):
     return device
 
 
-def from_pretrained(model, device=None, precision=None, cache=True, threads=0, max_length=0,
+def from_pretrained(model, device=None, precision=None, cache=True, threads=0, max_length=0, max_batch=0,
                     deterministic=False):
     """Loads MODEL (checkpoint folder, Hub id or engine file) into Kestrel.
 
     device: "cpu" or "cuda" (default: the engine's target, else cpu). precision: cuda only ("fp16", "bf16",
     "fp32"). cache: keep the engine built from a checkpoint in Kestrel's cache so the next load maps it at once.
+    max_length, max_batch: the tokens a row and the rows (prompts × beams) the session plans for (default: the
+    engine's, else on cuda min(positions, 1024) and 8); a call with more rows reopens it larger. A GPU session
+    planned for what the calls need runs its decode steps a few percent faster (e.g. max_batch=1).
     deterministic: cuda only, identical results run to run (no kernels that add partial sums in arbitrary
     order; a few percent slower on large models). The CPU engine always is.
     """
@@ -80,7 +83,8 @@ def from_pretrained(model, device=None, precision=None, cache=True, threads=0, m
         engine_device = json.loads(_kestrel.engine_metadata(str(path)))["build"]["device"]
     target = _kestrel_device(device if device is not None else engine_device or "cpu")
     native = _kestrel.Model.load(str(path), device=target.type, precision=precision or "", cache=cache,
-                                 threads=threads, max_length=max_length, deterministic=deterministic)
+                                 threads=threads, max_length=max_length, max_batch=max_batch,
+                                 deterministic=deterministic)
     config = AutoConfig.from_pretrained(folder)
     if (folder / "generation_config.json").exists():
         generation_config = GenerationConfig.from_pretrained(folder)

@@ -169,7 +169,7 @@ PYBIND11_MODULE(_kestrel, m) {
       .def_static(
           "load",
           [](const std::filesystem::path& path, const std::string& device, const std::string& precision,
-             bool cache, int threads, int64_t max_length, bool deterministic) {
+             bool cache, int threads, int64_t max_length, int64_t max_batch, bool deterministic) {
             auto pm = std::make_shared<PyModel>();
             ModelLoadOptions lo;
             lo.build.device = device;
@@ -185,7 +185,9 @@ PYBIND11_MODULE(_kestrel, m) {
             pm->session_options.precision =
                 precision.empty() ? (target ? target->precision : "fp16") : precision;
             pm->session_options.max_length = max_length > 0 ? max_length : (target ? target->max_length : 0);
-            if (target) pm->session_options.max_batch = target->max_batch;
+            if (max_batch < 0) fail("max_batch must be >= 0, got " + std::to_string(max_batch));
+            if (max_length < 0) fail("max_length must be >= 0, got " + std::to_string(max_length));
+            pm->session_options.max_batch = max_batch > 0 ? max_batch : (target ? target->max_batch : 0);
             pm->session_options.deterministic = deterministic;
             if (device == "cuda") {  // as transformers' .to("cuda"): the weights go to the GPU now, and a
                                      // machine without one fails here, not at the first call
@@ -195,7 +197,8 @@ PYBIND11_MODULE(_kestrel, m) {
             return pm;
           },
           py::arg("path"), py::arg("device") = "cpu", py::arg("precision") = "", py::arg("cache") = true,
-          py::arg("threads") = 0, py::arg("max_length") = 0, py::arg("deterministic") = false)
+          py::arg("threads") = 0, py::arg("max_length") = 0, py::arg("max_batch") = 0,
+          py::arg("deterministic") = false)
       .def_property_readonly("model_type", [](const PyModel& m) { return m.model->config().model_type; })
       .def_property_readonly("sessions_opened", [](const PyModel& m) { return m.opened.load(); })
       .def_property_readonly("is_encoder_decoder",

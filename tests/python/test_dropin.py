@@ -223,6 +223,18 @@ def test_engine_max_batch_grows_for_larger_calls(kestrel, gpt2_checkpoint, tmp_p
     assert model.native.sessions_opened == 2  # 15 rows fit in 18
 
 
+def test_max_batch_plans_the_session(kestrel, gpt2_checkpoint):
+    """from_pretrained(max_batch=n) plans n rows; a call with more reopens the session larger."""
+    folder, _ = gpt2_checkpoint
+    model = kestrel.from_pretrained(folder, max_batch=2)
+    model.generate(GPT2_BATCH[:2], attention_mask=GPT2_MASK[:2], max_new_tokens=2, do_sample=False)
+    assert model.native.sessions_opened == 1
+    model.generate(GPT2_BATCH, attention_mask=GPT2_MASK, max_new_tokens=2, do_sample=False)
+    assert model.native.sessions_opened == 2  # 3 rows: max(3, 2 × 2)
+    with pytest.raises(kestrel.KestrelError, match="max_batch must be >= 0"):
+        kestrel.from_pretrained(folder, max_batch=-1)
+
+
 def test_cuda_without_a_gpu_fails_at_load(kestrel, gpt2_checkpoint):
     """device="cuda" opens the model's session (uploads the weights) in from_pretrained, so a machine or build
     without a usable GPU says so there, with what to do, instead of at the first call."""
