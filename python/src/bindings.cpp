@@ -170,6 +170,8 @@ PYBIND11_MODULE(_kestrel, m) {
           "load",
           [](const std::filesystem::path& path, const std::string& device, const std::string& precision,
              bool cache, int threads, int64_t max_length, int64_t max_batch, bool deterministic) {
+            if (max_batch < 0) fail("max_batch must be >= 0, got " + std::to_string(max_batch));
+            if (max_length < 0) fail("max_length must be >= 0, got " + std::to_string(max_length));
             auto pm = std::make_shared<PyModel>();
             ModelLoadOptions lo;
             lo.build.device = device;
@@ -185,8 +187,6 @@ PYBIND11_MODULE(_kestrel, m) {
             pm->session_options.precision =
                 precision.empty() ? (target ? target->precision : "fp16") : precision;
             pm->session_options.max_length = max_length > 0 ? max_length : (target ? target->max_length : 0);
-            if (max_batch < 0) fail("max_batch must be >= 0, got " + std::to_string(max_batch));
-            if (max_length < 0) fail("max_length must be >= 0, got " + std::to_string(max_length));
             pm->session_options.max_batch = max_batch > 0 ? max_batch : (target ? target->max_batch : 0);
             pm->session_options.deterministic = deterministic;
             if (device == "cuda") {  // as transformers' .to("cuda"): the weights go to the GPU now, and a
