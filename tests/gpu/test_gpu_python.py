@@ -118,6 +118,22 @@ def test_generate_matches_transformers(kestrel, checkpoints, arch, kwargs):
     assert torch.equal(got, expected), f"\n{got}\n{expected}"
 
 
+def test_session_planned_for_one_row_grows_for_beams(kestrel, checkpoints):
+    """max_batch=1 plans one row on the GPU; a call of 3 prompts × 3 beams reopens the session for 9 rows, with
+    the same tokens as transformers."""
+    folder, ref = checkpoints["gpt2"]
+    model = kestrel.from_pretrained(folder, device="cuda", precision="fp32", max_batch=1, max_length=32)
+    ids, mask = gpt2_inputs()
+    one = model.generate(ids[1:2], do_sample=False, pad_token_id=0, max_new_tokens=6)
+    assert model.native.sessions_opened == 1
+    kwargs = dict(attention_mask=mask, do_sample=False, pad_token_id=0, max_new_tokens=6, num_beams=3)
+    with torch.no_grad():
+        expected = ref.generate(ids, **kwargs)
+        assert torch.equal(one, ref.generate(ids[1:2], do_sample=False, pad_token_id=0, max_new_tokens=6))
+    assert torch.equal(model.generate(ids, **kwargs), expected)
+    assert model.native.sessions_opened == 2
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_fp16_log_probs_close_to_transformers_fp32(kestrel, checkpoints, arch):
     folder, ref = checkpoints[arch + "_fp16"]
