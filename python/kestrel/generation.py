@@ -2,6 +2,7 @@
 loop implements every setting in it, else by transformers' loop over Kestrel's forward (with a one-line notice).
 The native loop follows transformers' semantics: the same tokens come out for greedy and beam search."""
 import copy
+import functools
 import warnings
 
 import torch
@@ -38,11 +39,16 @@ def resolve_config(model, generation_config, kwargs):
     return config, model_kwargs
 
 
+@functools.cache
+def _unset_values():
+    """GenerationConfig's own defaults, and what transformers puts in place of an unset field (typical_p 1.0,
+    num_beam_groups 1, ...; some pipelines fill them in): set to either, a field changes nothing. The same for
+    the whole process, so made once, not at every generate() (read only)."""
+    return GenerationConfig().to_dict(), getattr(GenerationConfig, "_get_default_generation_params", dict)()
+
+
 def non_native_settings(model, config, loop_arguments):
-    default = GenerationConfig().to_dict()
-    # What transformers puts in place of an unset field (typical_p 1.0, num_beam_groups 1, ...; some pipelines
-    # fill them in): set to that, a field changes nothing.
-    library = getattr(GenerationConfig, "_get_default_generation_params", dict)()
+    default, library = _unset_values()
     own = model.generation_config.to_dict()
     found = [name for name, value in loop_arguments.items() if value is not None]
     for key, value in config.to_dict().items():
