@@ -2,7 +2,9 @@
 // A finished row leaves the session (reorder drops it) instead of being fed pad tokens; its output is padded
 // only when the caller asks for transformers' rectangular form (GenerationResult::padded).
 // A session that picks tokens itself (Session::chooses_tokens: CUDA) is handed the processors and each row's
-// uniform draw and returns only ids; otherwise logits come back and logits_processors.cpp runs here.
+// uniform draw and returns only ids; otherwise logits come back and logits_processors.cpp runs here. Plain
+// greedy steps on such a session run a step ahead (Session::greedy_ahead): the device starts the next step
+// with the ids it just picked while the host reads them, so it never waits for the host between steps.
 #include <span>
 
 #include "core/error.h"
@@ -152,7 +154,20 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
     draw();
     if (on_session) {
       fill_choice(same_row);
-      tokens = job.session.step_and_choose(next, choice).tokens;
+      if (job.session.runs_ahead(choice)) {
+        // Ahead only where some row may still want the step after this one (not at max_new_tokens).
+        bool more = false;
+        std::vector<int64_t> fed;
+        for (size_t row = 0; row < live.size(); ++row) {
+          const LiveRow& lr = live[row];
+          fed.push_back(next[row][0]);
+          more = more || int64_t(lr.history.size()) + 1 <
+                             job.plans[size_t(result.sequences[size_t(lr.sequence)].prompt_index)].max_length;
+        }
+        tokens = job.session.greedy_ahead(fed, more);
+      } else {
+        tokens = job.session.step_and_choose(next, choice).tokens;
+      }
     } else {
       logits = job.session.step(next);
     }

@@ -65,6 +65,24 @@ constexpr int64_t kMaxOutputRows = 2048;
 constexpr size_t kStagingFloats = size_t(16) << 20;   // 64 MiB of fp32 per upload chunk
 constexpr size_t kHeadroomBytes = size_t(256) << 20;  // CUDA context, cuBLASLt kernels, graphs
 
+// Keys a row up to which decode attention runs with its output projection fused in (kProjectMaxKeys;
+// KESTREL_ATTN_PROJECT_MAX_KEYS overrides it, for tuning).
+int64_t project_max_keys() {
+  static const int64_t keys = [] {
+    const int64_t v = env_int("KESTREL_ATTN_PROJECT_MAX_KEYS");
+    return v > 0 ? v : kProjectMaxKeys;
+  }();
+  return keys;
+}
+
+// KESTREL_GRAPH_REPLAY=n: each decode step's graph is launched n times (measurements only: a step then
+// recomputes the same token n times, so its results stay right; the difference between n = 1 and n > 1 is
+// what a step costs outside its graph: the token upload, the launch, the ids' download, the host's wait).
+int graph_replays() {
+  static const int n = int(std::clamp<int64_t>(env_int("KESTREL_GRAPH_REPLAY"), 1, 64));
+  return n;
+}
+
 // KESTREL_STEP_KERNEL=1: decode steps run the persistent step kernel (experimental, kernels/cuda/NOTES.md).
 bool step_kernel_requested() {
   return env_switch("KESTREL_STEP_KERNEL") == EnvSwitch::On;
@@ -161,6 +179,11 @@ struct CudaSession::Impl {
   int32_t* meta_host = nullptr;                    // pinned
   unsigned long long* argmax_keys = nullptr;       // in meta_dev
   unsigned long long* argmax_keys_host = nullptr;  // pinned
+  // Greedy steps run ahead (greedy_ahead): two pinned slots of max_batch argmax keys, each step's copied into
+  // one as it ends, and an event recorded behind each copy.
+  unsigned long long* ahead_keys_host = nullptr;
+  cudaEvent_t ahead_done[2] = {nullptr, nullptr};
+  std::vector<int32_t> meta_scratch;  // the token metadata of a step run ahead (never uploaded)
   void* convert_scratch = nullptr;
   float* gate_scratch = nullptr;
   float* partials = nullptr;
@@ -316,6 +339,10 @@ CudaSession::CudaSession(const Model& model, const SessionOptions& options, cons
 }
 
 CudaSession::~CudaSession() {
+  if (impl_->stream) cudaStreamSynchronize(impl_->stream);  // a greedy step run ahead may still be running
+  for (cudaEvent_t e : impl_->ahead_done)
+    if (e) cudaEventDestroy(e);
+  if (impl_->ahead_keys_host) cudaFreeHost(impl_->ahead_keys_host);
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
   impl_->gemm.reset();
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
@@ -539,6 +566,10 @@ void CudaSession::plan_memory(size_t weight_bytes) {
         "pinned memory");
   check(cudaMallocHost(reinterpret_cast<void**>(&impl_->argmax_keys_host), size_t(max_out_rows_) * 8),
         "pinned memory");
+  check(cudaMallocHost(reinterpret_cast<void**>(&impl_->ahead_keys_host), size_t(2 * max_batch_) * 8),
+        "pinned memory");
+  for (cudaEvent_t& e : impl_->ahead_done)
+    check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   impl_->choice_dev = static_cast<char*>(impl_->carve(choice_block_bytes()));
   impl_->choice_work = static_cast<float*>(impl_->carve(size_t(max_batch_ * vocab_) * 4));
   check(cudaMallocHost(reinterpret_cast<void**>(&impl_->choice_host), choice_block_bytes()), "pinned memory");
@@ -688,6 +719,7 @@ void CudaSession::check_tokens(const TokenRows& rows, const char* what, bool dec
 
 void CudaSession::begin(const TokenRows& rows, const TokenRows& decoder_prefix, Want want,
                         const Outputs& outputs, bool all_positions) {
+  settle_ahead();
   if (rows.empty()) fail("start: no rows given");
   if (int64_t(rows.size()) > max_batch_)
     fail("start: " + std::to_string(rows.size()) + " rows exceed the session's --max-batch of " +
@@ -751,6 +783,86 @@ std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_t
   return ids;
 }
 
+bool CudaSession::runs_ahead(const TokenChoice& choice) const {
+  static const bool off = env_flag("KESTREL_NO_RUN_AHEAD");  // comparisons: every step waits for the host
+  return !off && chooses_tokens(choice) && want_for(choice, int64_t(rows_.size())) == Want::Ids;
+}
+
+// The step feeding `tokens` is either already running (the last call ran it ahead with the ids it returned)
+// or enqueued now. Then, with run_ahead and room in every row, the step after it is enqueued too, fed on the
+// device with this one's argmax (cuda::advance_greedy, captured at the front of its graph), before the host
+// waits for this one's ids: so the GPU never waits for the host between two greedy steps. Each step's argmax
+// keys are copied into their own pinned slot, behind which an event is recorded.
+std::vector<int64_t> CudaSession::greedy_ahead(const std::vector<int64_t>& tokens, bool run_ahead) {
+  cudaStream_t s = impl_->stream;
+  const int64_t B = int64_t(rows_.size());
+  auto copy_keys = [&](int slot) {
+    check(cudaMemcpyAsync(impl_->ahead_keys_host + slot * max_batch_, impl_->argmax_keys, size_t(B) * 8,
+                          cudaMemcpyDeviceToHost, s),
+          "reading token ids");
+    check(cudaEventRecord(impl_->ahead_done[slot], s), "cudaEventRecord");
+  };
+  if (!(ahead_.running && tokens == ahead_.fed)) {
+    settle_ahead();
+    if (rows_.empty()) fail("step: call start() first");
+    if (int64_t(tokens.size()) != B)
+      fail("step: " + std::to_string(tokens.size()) + " tokens for a batch of " + std::to_string(B));
+    TokenRows rows;
+    for (int64_t t : tokens) rows.push_back({t});
+    check_tokens(rows, "step", true);
+    Pass pass = plan_pass(rows, false, false, Want::Ids, 0, impl_->meta_host);
+    check(cudaMemcpyAsync(impl_->meta_dev, impl_->meta_host, size_t(impl_->meta.total) * 4,
+                          cudaMemcpyHostToDevice, s),
+          "uploading tokens");
+    enqueue_pass(decoder_, pass, Want::Ids, false);
+    copy_keys(ahead_.slot);
+  }
+  const int slot = ahead_.slot;
+  bool next = run_ahead;
+  for (const RowState& row : rows_) next = next && row.length + 2 <= max_positions();
+  if (next) {
+    // Only its shape comes from the host: the device feeds the ids and advances the positions. (Its metadata
+    // goes to a scratch copy: the pinned block may still be on its way to the device.)
+    impl_->meta_scratch.resize(size_t(impl_->meta.total));
+    Pass pass = plan_pass(TokenRows(size_t(B), std::vector<int64_t>{0}), false, false, Want::Ids, 1,
+                          impl_->meta_scratch.data());
+    enqueue_pass(decoder_, pass, Want::Ids, true);
+    copy_keys(slot ^ 1);
+  }
+  last_out_rows_ = B;
+  ahead_.running = next;
+  const cudaError_t waited = cudaEventSynchronize(impl_->ahead_done[slot]);
+  if (waited != cudaSuccess) {
+    ahead_.running = false;
+    check(waited, "decoder forward");
+  }
+  check_block_fault();
+  std::vector<int64_t> ids(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    ids[size_t(b)] = cuda::argmax_index(impl_->ahead_keys_host[slot * max_batch_ + b]);
+    rows_[size_t(b)].length += 1;
+  }
+  ahead_.fed = ids;
+  ahead_.slot = slot ^ 1;
+  return ids;
+}
+
+void CudaSession::check_block_fault() const {
+  if (*static_cast<volatile unsigned*>(impl_->fault_host))
+    fail(
+        "the blocks of a decode kernel did not all run at once on this GPU (is it shared, e.g. through MPS "
+        "with an active-thread percentage below 100?), so this step's results are wrong and the session "
+        "stops. Run on a whole GPU or MIG instance, or set KESTREL_FFN_KERNEL=0 (two GEMVs a feed-forward "
+        "block instead of the kernel whose blocks wait for each other) and leave KESTREL_ATTN_QKV unset");
+}
+
+void CudaSession::settle_ahead() {
+  if (!ahead_.running) return;
+  ahead_.running = false;
+  last_out_rows_ = 0;  // the logits on the device are the dropped step's
+  check(cudaStreamSynchronize(impl_->stream), "decoder forward");
+}
+
 bool CudaSession::chooses_tokens(const TokenChoice& choice) const {
   // KESTREL_CHOOSE_ON_HOST=1 sends logits to the host instead (comparisons, debugging).
   static const bool on_host = env_flag("KESTREL_CHOOSE_ON_HOST");
@@ -796,6 +908,7 @@ ChosenTokens CudaSession::step_and_choose(const TokenRows& tokens, const TokenCh
 }
 
 std::vector<float> CudaSession::last_logits(int64_t row) const {
+  if (ahead_.running) internal_error("last_logits: a greedy step runs ahead");
   check_row_index(row, last_out_rows_, "last_logits: row");
   const Buffer& out = buffers_[size_t(decoder_.back().out)];
   std::vector<float> logits(size_t(out.width));
@@ -867,6 +980,7 @@ void CudaSession::enqueue_choice(const TokenChoice& choice, int64_t out_rows) {
 }
 
 void CudaSession::reorder(const std::vector<int64_t>& src_rows) {
+  settle_ahead();
   check_reorder(src_rows, int64_t(rows_.size()), max_batch_);
   // The first new row taking an old row keeps its physical cache row; later copies get a free one. Sources
   // stay claimed, so no copy overwrites a row another copy still reads.
@@ -924,10 +1038,9 @@ int CudaSession::choose_splits(int64_t T, int64_t heads, int64_t max_keys) const
   return splits;
 }
 
-void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder,
-                          bool all_positions, Want want, const Outputs& outputs) {
+CudaSession::Pass CudaSession::plan_pass(const TokenRows& tokens, bool encoder, bool all_positions, Want want,
+                                         int64_t ahead, int32_t* m) {
   const MetaLayout& L = impl_->meta;
-  int32_t* m = impl_->meta_host;
   const int64_t B = int64_t(tokens.size());
   int64_t T = 0;
   for (const auto& r : tokens) T += int64_t(r.size());
@@ -941,7 +1054,7 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   for (int64_t b = 0; b < B; ++b) {
     const RowState& row = rows_[size_t(b)];
     const int64_t n = int64_t(tokens[size_t(b)].size());
-    const int64_t past = encoder ? 0 : row.length;
+    const int64_t past = encoder ? 0 : row.length + ahead;
     one_token_each = one_token_each && n == 1;
     m[L.local_base + b] = int32_t(t);
     m[L.local_count + b] = int32_t(n);
@@ -960,10 +1073,6 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
     }
     if (!all_positions) m[L.take_src + b] = int32_t(t - 1);
   }
-  cudaStream_t s = impl_->stream;
-  check(cudaMemcpyAsync(impl_->meta_dev, m, size_t(L.total) * 4, cudaMemcpyHostToDevice, s),
-        "uploading tokens");
-
   Pass pass;
   pass.T = T;
   pass.out_rows = out_rows;
@@ -972,31 +1081,38 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
   pass.decode = one_token_each;
   // Attention with its output projection fused in attends over all keys in every column slice's block: only
   // for contexts short enough that those repeated reads (from L2) cost less than a second kernel.
-  static const int64_t project_max_keys = [] {  // KESTREL_ATTN_PROJECT_MAX_KEYS overrides (tuning)
-    const int64_t keys = env_int("KESTREL_ATTN_PROJECT_MAX_KEYS");
-    return keys > 0 ? keys : kProjectMaxKeys;
-  }();
-  pass.project_self = one_token_each && T <= cuda::kMaxProjectRows && max_self <= project_max_keys;
-  pass.project_cross = one_token_each && T <= cuda::kMaxProjectRows && max_cross <= project_max_keys;
+  pass.project_self = one_token_each && T <= cuda::kMaxProjectRows && max_self <= project_max_keys();
+  pass.project_cross = one_token_each && T <= cuda::kMaxProjectRows && max_cross <= project_max_keys();
   pass.rows = B;
   for (const auto& r : tokens) pass.max_row_tokens = std::max(pass.max_row_tokens, int64_t(r.size()));
-  const Buffer& out = buffers_[size_t(decoder_.back().out)];
   if (want == Want::Ids && !encoder) pass.argmax = impl_->argmax_keys;
+  return pass;
+}
+
+void CudaSession::enqueue_pass(const std::vector<BoundOp>& program, Pass& pass, Want want, bool advance) {
+  cudaStream_t s = impl_->stream;
+  const MetaLayout& L = impl_->meta;
+  const int64_t B = pass.rows, T = pass.T, out_rows = pass.out_rows;
+  const Buffer& out = buffers_[size_t(decoder_.back().out)];
   auto argmax = [&] {  // unless the LM head's GEMV did it (fused_linear)
     if (!pass.argmax_fused)
       cuda::argmax_rows(static_cast<const float*>(out.data), out_rows, out.width, impl_->argmax_keys, s);
   };
-  if (one_token_each) {
+  if (advance && !(pass.decode && want == Want::Ids)) internal_error("a step run ahead that is not greedy");
+  if (pass.decode) {
     // A step of one row runs as one persistent kernel when every op of the plan fits in it (it chooses its
     // own attention splits, so one graph serves every length).
     const bool one_kernel = B == 1 && T == 1 && prepare_step_kernel(program, pass);
     const auto key = std::make_tuple(B, one_kernel ? 0 : pass.splits_self, one_kernel ? 0 : pass.splits_cross,
-                                     want == Want::Ids, pass.project_self, pass.project_cross);
+                                     want == Want::Ids, pass.project_self, pass.project_cross, advance);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
       check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
       try {
+        if (advance)
+          cuda::advance_greedy(impl_->argmax_keys, B, impl_->meta_dev + L.ids, impl_->meta_dev + L.tok_pos,
+                               impl_->meta_dev + L.self_count, s);
         if (one_kernel)
           cuda::run_step_program(impl_->step_program, impl_->step_ops, s);
         else
@@ -1014,11 +1130,25 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
       check(e, "cudaGraphInstantiate");
       it = graphs_.emplace(key, exec).first;
     }
-    check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), s), "cudaGraphLaunch");
+    for (int n = 0; n < (advance ? 1 : graph_replays()); ++n)
+      check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), s), "cudaGraphLaunch");
   } else {
     run_program(program, pass);
     if (want == Want::Ids) argmax();
   }
+}
+
+void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder,
+                          bool all_positions, Want want, const Outputs& outputs) {
+  settle_ahead();
+  Pass pass = plan_pass(tokens, encoder, all_positions, want, 0, impl_->meta_host);
+  const int64_t B = int64_t(tokens.size()), out_rows = pass.out_rows;
+  const Buffer& out = buffers_[size_t(decoder_.back().out)];
+  cudaStream_t s = impl_->stream;
+  check(cudaMemcpyAsync(impl_->meta_dev, impl_->meta_host, size_t(impl_->meta.total) * 4,
+                        cudaMemcpyHostToDevice, s),
+        "uploading tokens");
+  enqueue_pass(program, pass, want, false);
   if (!encoder) last_out_rows_ = out_rows;
   if (want == Want::Choose) enqueue_choice(*outputs.choice, out_rows);
 
@@ -1039,12 +1169,7 @@ void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& 
                           cudaMemcpyDeviceToHost, s),
           "reading candidate scores");
   check(cudaStreamSynchronize(s), encoder ? "encoder forward" : "decoder forward");
-  if (*static_cast<volatile unsigned*>(impl_->fault_host))
-    fail(
-        "the blocks of a decode kernel did not all run at once on this GPU (is it shared, e.g. through MPS "
-        "with an active-thread percentage below 100?), so this step's results are wrong and the session "
-        "stops. Run on a whole GPU or MIG instance, or set KESTREL_FFN_KERNEL=0 (two GEMVs a feed-forward "
-        "block instead of the kernel whose blocks wait for each other) and leave KESTREL_ATTN_QKV unset");
+  check_block_fault();
   if (want == Want::Logits) {
     outputs.logits->resize(size_t(out_rows * out.width));
     check(cudaMemcpy(outputs.logits->data(), out.data, outputs.logits->size() * 4, cudaMemcpyDeviceToHost),
@@ -1269,6 +1394,9 @@ size_t CudaSession::fused_attention(const std::vector<BoundOp>& program, size_t 
   if (x.rows != pass.T) internal_error("residual linear into '" + lin.op->output + "' with mismatched rows");
   cuda::AttentionArgs a = attention_args(att, pass);
   a.splits = 1;  // every block attends over all keys of its row, then projects its column slice
+  // Its scores row in shared memory needs room for the keys of the steps that take this path only, not for
+  // --max-length's (at 1,024 planned tokens the larger row made T5-3B's decode step 2.4 % slower).
+  a.max_keys = std::min(a.max_keys, project_max_keys());
   a.proj_wt = lin.w[0];
   a.proj_bias = lin.w.size() > 1 ? static_cast<const float*>(lin.w[1]) : nullptr;
   a.proj_out = static_cast<float*>(x.data);

@@ -89,6 +89,8 @@ class CudaSession final : public Session {
                                 const TokenChoice& choice) override;
   ChosenTokens step_and_choose(const TokenRows& tokens, const TokenChoice& choice) override;
   std::vector<float> last_logits(int64_t row) const override;
+  bool runs_ahead(const TokenChoice& choice) const override;
+  std::vector<int64_t> greedy_ahead(const std::vector<int64_t>& tokens, bool run_ahead) override;
 
   // Greedy decoding without logits leaving the GPU: the argmax id of each row's last position.
   std::vector<int64_t> greedy_start(const TokenRows& rows, const TokenRows& decoder_prefix = {});
@@ -162,6 +164,10 @@ class CudaSession final : public Session {
   void check_step(const TokenRows& tokens) const;  // step()'s checks: started, one row of tokens per row
   void forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder, bool all_positions,
                Want want, const Outputs& outputs);
+  // Fails when a kernel's blocks gave up waiting for each other (kernels/cuda/staged_wait.cuh).
+  void check_block_fault() const;
+  // Waits for a greedy step run ahead (greedy_ahead), if any, and drops it: every other call starts here.
+  void settle_ahead();
   // Uploads `choice` and enqueues the choose kernel over the logits of this forward's `out_rows` rows.
   void enqueue_choice(const TokenChoice& choice, int64_t out_rows);
   static constexpr int64_t kMaxChoiceEos = 64;   // eos ids a device-side choice takes
@@ -179,6 +185,13 @@ class CudaSession final : public Session {
     unsigned long long* argmax = nullptr;              // a greedy pass: the argmax keys of its logits rows
     bool argmax_fused = false;  // set when the LM head's GEMV raised them (fused_linear)
   };
+  // The pass of a forward of `tokens` (each row's past its fed tokens, plus `ahead` for a step run ahead),
+  // with its token metadata written into m (MetaLayout's block).
+  Pass plan_pass(const TokenRows& tokens, bool encoder, bool all_positions, Want want, int64_t ahead,
+                 int32_t* m);
+  // Enqueues `pass` (decode steps through their CUDA graph), reading the metadata already on the device;
+  // with `advance`, a greedy step whose rows are first fed the argmax of the step before, on the device.
+  void enqueue_pass(const std::vector<BoundOp>& program, Pass& pass, Want want, bool advance);
   void run_program(const std::vector<BoundOp>& program, Pass& pass);
   void run_op(const BoundOp& b, const Pass& pass);
   // Runs program[i..] as one GEMV if it is a take_outputs/norm chain into a decode-sized linear (or, with
@@ -240,8 +253,16 @@ class CudaSession final : public Session {
   std::vector<BoundOp> encoder_, decoder_;
   std::vector<RowState> rows_;
   std::vector<void*> self_k_, self_v_, cross_k_, cross_v_;
-  // (batch, self splits, cross splits, argmax included, project_self, project_cross) -> cudaGraphExec_t
-  std::map<std::tuple<int64_t, int, int, bool, bool, bool>, void*> graphs_;
+  // (batch, self splits, cross splits, argmax included, project_self, project_cross, fed on the device)
+  // -> cudaGraphExec_t
+  std::map<std::tuple<int64_t, int, int, bool, bool, bool, bool>, void*> graphs_;
+  // A greedy step run ahead: whether one is running, the ids it was fed (greedy_ahead's last result), and
+  // the pinned slot its keys go to.
+  struct Ahead {
+    bool running = false;
+    std::vector<int64_t> fed;
+    int slot = 0;
+  } ahead_;
 };
 
 #endif  // KESTREL_HAVE_CUDA

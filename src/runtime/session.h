@@ -89,6 +89,16 @@ class Session {
   virtual std::vector<float> last_logits(int64_t) const {
     internal_error("last_logits: this backend does not choose tokens");
   }
+
+  // Plain greedy decoding a step ahead (CUDA): for choices where runs_ahead() is true, greedy_ahead(tokens)
+  // feeds tokens[b] to row b and returns each row's argmax id, as step_and_choose would; with run_ahead the
+  // backend has already started the step after it, fed those ids, so a next greedy_ahead() with exactly
+  // them returns without the device waiting for the host in between. Any other call first waits for that
+  // step and drops it: the rows hold what greedy_ahead returned, no more.
+  virtual bool runs_ahead(const TokenChoice&) const { return false; }
+  virtual std::vector<int64_t> greedy_ahead(const std::vector<int64_t>&, bool) {
+    internal_error("greedy_ahead: this backend does not run greedy steps ahead");
+  }
 };
 
 }  // namespace kestrel

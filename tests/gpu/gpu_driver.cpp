@@ -207,7 +207,9 @@ int run(int argc, char** argv) {
     };
     auto timed = [&](auto&& f) { return time_with(inner, f); };
     std::vector<double> first, steps;
-    auto generate = [&](bool timing) {
+    // Steps one at a time (each timed: the host waits for its ids before the next starts), or each started
+    // before the host reads the ids of the one before (greedy_ahead: how generate() runs plain greedy).
+    auto generate = [&](bool timing, bool ahead) {
       std::vector<std::vector<int64_t>> tokens(prompts.size());
       std::vector<int64_t> ids;
       const double f = timed([&] { ids = gpu->greedy_start(prompts); });
@@ -215,22 +217,37 @@ int run(int argc, char** argv) {
       for (int n = 0; n < new_tokens; ++n) {
         for (size_t b = 0; b < ids.size(); ++b) tokens[b].push_back(ids[b]);
         if (n + 1 == new_tokens) break;
+        if (ahead) {
+          ids = gpu->greedy_ahead(ids, n + 2 < new_tokens);
+          continue;
+        }
         const double s = timed([&] { ids = gpu->greedy_step(ids); });
         if (timing) steps.push_back(s);
       }
       return tokens;
     };
-    report["greedy_device"] = generate(false);
+    report["greedy_device"] = generate(false, false);
+    report["greedy_ahead"] = generate(false, true);
     if (bench_runs > 0) {
-      for (int w = 0; w < 2; ++w) generate(false);
+      for (int w = 0; w < 2; ++w) generate(false, false);
       std::vector<double> e2e;
       for (int r = 0; r < bench_runs; ++r) {
         if (r + 1 == bench_runs) steps.clear();  // keep the last run's steps
-        e2e.push_back(time_with(outer, [&] { generate(true); }));
+        e2e.push_back(time_with(outer, [&] { generate(true, false); }));
+      }
+      // The same runs with steps run ahead: e2e, and per generated token after the first.
+      for (int w = 0; w < 2; ++w) generate(false, true);
+      first.clear();
+      std::vector<double> e2e_ahead, token_ms;
+      for (int r = 0; r < bench_runs; ++r) {
+        e2e_ahead.push_back(time_with(outer, [&] { generate(true, true); }));
+        if (new_tokens > 1) token_ms.push_back((e2e_ahead.back() - first.back()) / double(new_tokens - 1));
       }
       report["bench"] = {{"e2e_ms", e2e},
                          {"first_ms", first},
                          {"step_ms", steps},
+                         {"e2e_ahead_ms", e2e_ahead},
+                         {"token_ahead_ms", token_ms},
                          {"graphs", gpu->captured_graphs()},
                          {"timer", "cuda_events"}};
     }

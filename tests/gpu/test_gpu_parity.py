@@ -151,6 +151,8 @@ def test_scores_and_greedy_match_transformers(models, tmp_path, arch, precision)
     assert score_err <= TOL[precision], f"{arch} {precision}: teacher-forced log-prob error {score_err}"
     assert step_err <= TOL[precision], f"{arch} {precision}: decode-step log-prob error {step_err}"
     assert out["greedy_device"] == out["greedy"], "argmax on the GPU differs from argmax of the returned logits"
+    # Each step started before the host read the ids of the one before (fed on the device): the same tokens.
+    assert out["greedy_ahead"] == out["greedy_device"], "greedy steps run ahead differ from steps one at a time"
     if precision == "fp32":
         for b, p in enumerate(prompts):
             assert out["greedy"][b] == hf_greedy(hf, start[b], n, p if t5 else None), f"row {b}"

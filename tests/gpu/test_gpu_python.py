@@ -118,6 +118,25 @@ def test_generate_matches_transformers(kestrel, checkpoints, arch, kwargs):
     assert torch.equal(got, expected), f"\n{got}\n{expected}"
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_greedy_rows_ending_at_different_steps_match_transformers(kestrel, checkpoints, arch):
+    """Plain greedy runs each step ahead of the host (Session::greedy_ahead); a row that ends (its eos, picked
+    from the middle of its own greedy output) leaves the session while the step after is already running."""
+    folder, ref = checkpoints[arch]
+    model = kestrel.from_pretrained(folder, device="cuda", precision="fp32")
+    ids, mask = gpt2_inputs() if arch == "gpt2" else t5_inputs()
+    kwargs = dict(attention_mask=mask, do_sample=False, pad_token_id=0, max_new_tokens=14)
+    with torch.no_grad():
+        free = ref.generate(ids, **kwargs)
+    start = ids.shape[1] if arch == "gpt2" else 1
+    eos = int(free[0, start + 4])  # row 0 ends at its fifth new token (or sooner); the others may run on
+    with torch.no_grad():
+        expected = ref.generate(ids, eos_token_id=eos, **kwargs)
+    got = model.generate(ids, eos_token_id=eos, **kwargs)
+    assert torch.equal(got, expected), f"\n{got}\n{expected}"
+    assert torch.equal(model.generate(ids, **kwargs), free)  # the session after the rows left
+
+
 def test_session_planned_for_one_row_grows_for_beams(kestrel, checkpoints):
     """max_batch=1 plans one row on the GPU; a call of 3 prompts × 3 beams reopens the session for 9 rows, with
     the same tokens as transformers."""

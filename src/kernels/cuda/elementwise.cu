@@ -147,6 +147,16 @@ __global__ void argmax_slices_kernel(const float* logits, int64_t V, unsigned lo
   }
 }
 
+__global__ void advance_greedy_kernel(unsigned long long* keys, int R, int32_t* ids, int32_t* positions,
+                                      int32_t* key_counts) {
+  const int r = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (r >= R) return;
+  ids[r] = argmax_index(keys[r]);
+  positions[r] += 1;
+  key_counts[r] += 1;
+  keys[r] = 0;
+}
+
 }  // namespace
 
 void convert(const void* src, DType src_t, void* dst, DType dst_t, int64_t n, Stream stream) {
@@ -219,6 +229,16 @@ void argmax_rows(const float* logits, int64_t R, int64_t V, unsigned long long* 
   const unsigned slices = unsigned(std::min<int64_t>(kArgmaxSlices, (V + 1023) / 1024));
   launch_pdl(argmax_slices_kernel, dim3(unsigned(R), slices), dim3(256), 0, stream, logits, V, keys);
   check_launch("argmax_rows");
+}
+
+void advance_greedy(unsigned long long* keys, int64_t R, int32_t* ids, int32_t* positions, int32_t* key_counts,
+                    Stream stream) {
+  if (R == 0) return;
+  if (R > 1024) internal_error("advance_greedy: more than 1024 rows");
+  // A plain launch: the step's first kernel starts after it (under programmatic dependent launch too, since
+  // this kernel never triggers its dependents early).
+  advance_greedy_kernel<<<1, unsigned(R), 0, stream>>>(keys, int(R), ids, positions, key_counts);
+  check_launch("advance_greedy");
 }
 
 }  // namespace kestrel::cuda
