@@ -75,6 +75,19 @@ int64_t project_max_keys() {
   return keys;
 }
 
+// Rows of a decode step up to which the projected attention runs (the kernel takes cuda::kMaxProjectRows):
+// one. Every column slice's block repeats its head's attention, which stops paying with several rows: GPT-2 XL
+// decode steps of 8 rows took 4.36 ms fused against 2.68 ms apart, of 2 rows 2.89 against 2.66, gpt2-small
+// of 8 rows 0.577 against 0.520 (H100; bench/results/gpu_projection_rows_h100_2026-11-27.txt).
+// KESTREL_ATTN_PROJECT_ROWS=n overrides it (tuning).
+int64_t project_max_rows() {
+  static const int64_t rows = [] {
+    const int64_t v = env_int("KESTREL_ATTN_PROJECT_ROWS");
+    return v > 0 ? std::min(v, cuda::kMaxProjectRows) : int64_t{1};
+  }();
+  return rows;
+}
+
 // KESTREL_GRAPH_REPLAY=n: each decode step's graph is launched n times (measurements only: a step then
 // recomputes the same token n times, so its results stay right; the difference between n = 1 and n > 1 is
 // what a step costs outside its graph: the token upload, the launch, the ids' download, the host's wait).
@@ -1081,8 +1094,8 @@ CudaSession::Pass CudaSession::plan_pass(const TokenRows& tokens, bool encoder, 
   pass.decode = one_token_each;
   // Attention with its output projection fused in attends over all keys in every column slice's block: only
   // for contexts short enough that those repeated reads (from L2) cost less than a second kernel.
-  pass.project_self = one_token_each && T <= cuda::kMaxProjectRows && max_self <= project_max_keys();
-  pass.project_cross = one_token_each && T <= cuda::kMaxProjectRows && max_cross <= project_max_keys();
+  pass.project_self = one_token_each && T <= project_max_rows() && max_self <= project_max_keys();
+  pass.project_cross = one_token_each && T <= project_max_rows() && max_cross <= project_max_keys();
   pass.rows = B;
   for (const auto& r : tokens) pass.max_row_tokens = std::max(pass.max_row_tokens, int64_t(r.size()));
   if (want == Want::Ids && !encoder) pass.argmax = impl_->argmax_keys;

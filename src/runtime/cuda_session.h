@@ -14,7 +14,7 @@
 //    in a CUDA graph and replayed; per step the host uploads one small block of token metadata. Its kernels
 //    run under programmatic dependent launch (kernels/cuda/launch.cuh); the KV-cache store runs inside
 //    attention, and so does the attention's output projection (up to kProjectMaxKeys keys, up to
-//    cuda::kMaxProjectRows rows); at batch 1 each norm runs inside the GEMV it feeds and large feed-forward
+//    one row: project_max_rows()); at batch 1 each norm runs inside the GEMV it feeds and large feed-forward
 //    blocks are one kernel, so a GPT-2 layer is three to four kernels.
 //  - Token choice stays on the GPU (chooses_tokens): greedy, and sampling with repetition penalty, minimum
 //    length, temperature, top-k and top-p (top-p when top-k leaves at most cuda::kMaxSorted candidates), by

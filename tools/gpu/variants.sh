@@ -4,7 +4,7 @@
 # Each variant is a space-separated list of VAR=VALUE (use "-" for none); DRIVER=PATH runs another build's
 # kestrel_gpu_driver (a compile-time variant) with this build's libraries. PROMPT_TOKENS (default 64) and
 # MAX_LENGTH (default 256) set the prompt and the planned tokens a row; a variant's MAX_LENGTH=n plans n for
-# that variant alone. Prints and writes OUT_DIR/variants.txt.
+# that variant alone. ROWS (default 1) prompts run as one batch (--max-batch ROWS). Prints and writes OUT_DIR/variants.txt.
 set -uo pipefail
 BUILD=$(realpath "${1:?build dir}"); OUT=$(realpath "${2:?out dir}"); SIZES=$3; shift 3
 source "$(dirname "$0")/common.sh"
@@ -18,7 +18,7 @@ for size in ${SIZES//,/ }; do
       [[ ${envs[$i]:-} == MAX_LENGTH=* ]] && { max_length=${envs[$i]#MAX_LENGTH=}; unset "envs[$i]"; }
     done
     timeout 180 env "${envs[@]}" "$driver" --model "$TMP/$size" --device cuda --precision fp16 \
-      --prompts "$TMP/p.json" --new-tokens 64 --bench-runs 3 --bench-only --max-batch 1 --max-length "$max_length" \
+      --prompts "$TMP/p.json" --new-tokens 64 --bench-runs 3 --bench-only --max-batch "${ROWS:-1}" --max-length "$max_length" \
       --out "$TMP/o" 2> "$TMP/err" || { echo "$size [$variant] failed: $(tail -2 "$TMP/err")"; continue; }
     # "same k": the greedy tokens agree with the size's first variant for the first k (random weights give
     # near ties, so a 16-bit variant may tip one; a wrong kernel agrees for none)
