@@ -76,9 +76,9 @@ int64_t project_max_keys() {
 }
 
 // Rows of a decode step up to which the projected attention runs (the kernel takes cuda::kMaxProjectRows):
-// one. Every column slice's block repeats its head's attention, which stops paying with several rows: GPT-2 XL
-// decode steps of 8 rows took 4.36 ms fused against 2.68 ms apart, of 2 rows 2.89 against 2.66, gpt2-small
-// of 8 rows 0.577 against 0.520 (H100; bench/results/gpu_projection_rows_h100_2026-11-27.txt).
+// one. Every column slice's block repeats its head's attention, which stops paying with several rows: GPT-2
+// XL decode steps of 8 rows took 4.36 ms fused against 2.68 ms apart, of 2 rows 2.89 against 2.66,
+// gpt2-small of 8 rows 0.577 against 0.520 (H100; bench/results/gpu_projection_rows_h100_2026-11-27.txt).
 // KESTREL_ATTN_PROJECT_ROWS=n overrides it (tuning).
 int64_t project_max_rows() {
   static const int64_t rows = [] {

@@ -231,8 +231,8 @@ void argmax_rows(const float* logits, int64_t R, int64_t V, unsigned long long* 
   check_launch("argmax_rows");
 }
 
-void advance_greedy(unsigned long long* keys, int64_t R, int32_t* ids, int32_t* positions, int32_t* key_counts,
-                    Stream stream) {
+void advance_greedy(unsigned long long* keys, int64_t R, int32_t* ids, int32_t* positions,
+                    int32_t* key_counts, Stream stream) {
   if (R == 0) return;
   if (R > 1024) internal_error("advance_greedy: more than 1024 rows");
   // A plain launch: the step's first kernel starts after it (under programmatic dependent launch too, since

@@ -297,8 +297,8 @@ void argmax_rows(const float* logits, int64_t R, int64_t V, unsigned long long* 
 // Feeds each of R rows the argmax of its last greedy step, on the device (a step run ahead, without the
 // host between two steps): ids[r] = argmax_index(keys[r]), positions[r] and key_counts[r] (the row's token
 // position and its cached keys, the step's token metadata) one further, keys[r] = 0 for the step to raise.
-void advance_greedy(unsigned long long* keys, int64_t R, int32_t* ids, int32_t* positions, int32_t* key_counts,
-                    Stream stream);
+void advance_greedy(unsigned long long* keys, int64_t R, int32_t* ids, int32_t* positions,
+                    int32_t* key_counts, Stream stream);
 
 // The next token of each of R rows (or its best candidates, for beam search) from fp32 logits [*, V], with
 // transformers' greedy / sampling / beam processors
