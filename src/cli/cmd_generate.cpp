@@ -153,7 +153,16 @@ void run_generate(const GenerateArgs& a, const GivenOptions& given) {
   // Text needs the tokenizer; --prompt-ids does not, and then text is printed only if the folder has one.
   std::unique_ptr<Tokenizer> tok;
   if (a.prompt_ids.empty() || has_tokenizer_files(dir)) tok = load_tokenizer(dir, model->config().model_type);
-  const auto session = open_session(*model, runtime.session);
+  // Unless --max-batch says otherwise, a GPU session plans the rows this call needs (prompts × beams, or ×
+  // sequences sampled) rather than the default 8: less memory, and a decode step a few percent faster
+  // (gpt2-small 0.299 against 0.308 ms on an H100, src/kernels/cuda/NOTES.md).
+  SessionOptions session_options = runtime.session;
+  if (session_options.device == "cuda" && session_options.max_batch == 0) {
+    const size_t given = std::max(a.prompts.size(), a.prompt_ids.size());  // none: one, from stdin
+    session_options.max_batch = int64_t(std::max<size_t>(1, given)) *
+                                std::max<int64_t>(1, std::max(config.num_beams, config.num_return_sequences));
+  }
+  const auto session = open_session(*model, session_options);
   const TokenRows prompts = collect_prompts(a, tok.get(), session->vocab_size());
 
   const bool single = prompts.size() == 1 && config.num_return_sequences == 1;
