@@ -19,6 +19,7 @@
 #include "generate/generator.h"
 #include "io/engine_file.h"
 #include "io/engine_unpack.h"
+#include "runtime/cuda_session.h"
 #include "runtime/engine_io.h"
 
 namespace py = pybind11;
@@ -88,19 +89,19 @@ struct PyModel {
       too_small = std::move(idle);
     }
     // Past the rows planned (an explicit max_batch, the idle session's, or the backend's default: CUDA plans
-    // 8), twice as many, so a growing batch does not reopen at every call. The idle session is closed first:
-    // on a GPU both would hold every weight.
+    // CudaSessionOptions' 8), twice as many, so a growing batch does not reopen at every call. The idle
+    // session is closed first: on a GPU both would hold every weight.
     SessionOptions options = session_options;
-    const int64_t planned = too_small ? too_small->max_rows() : options.max_batch;
+    const int64_t backend_default = options.device == "cuda" ? CudaSessionOptions{}.max_batch : 0;
+    const int64_t planned =
+        too_small ? too_small->max_rows() : options.max_batch > 0 ? options.max_batch : backend_default;
     too_small.reset();
     if (planned > 0 && rows > planned) options.max_batch = std::max(rows, 2 * planned);
     auto session = open_session(*model, options);
     ++opened;
-    if (session->max_rows() < rows) {
-      options.max_batch = std::max(rows, 2 * session->max_rows());
-      session = open_session(*model, options);
-      ++opened;
-    }
+    if (session->max_rows() < rows)
+      internal_error("a session planned for " + std::to_string(options.max_batch) + " rows holds " +
+                     std::to_string(session->max_rows()) + ", fewer than the call's " + std::to_string(rows));
     return session;
   }
   // Keeps the session that holds the most rows.
