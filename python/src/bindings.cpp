@@ -93,8 +93,9 @@ struct PyModel {
     // session is closed first: on a GPU both would hold every weight.
     SessionOptions options = session_options;
     const int64_t backend_default = options.device == "cuda" ? CudaSessionOptions{}.max_batch : 0;
-    const int64_t planned =
-        too_small ? too_small->max_rows() : options.max_batch > 0 ? options.max_batch : backend_default;
+    const int64_t planned = too_small               ? too_small->max_rows()
+                            : options.max_batch > 0 ? options.max_batch
+                                                    : backend_default;
     too_small.reset();
     if (planned > 0 && rows > planned) options.max_batch = std::max(rows, 2 * planned);
     auto session = open_session(*model, options);
