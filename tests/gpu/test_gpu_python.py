@@ -137,6 +137,22 @@ def test_greedy_rows_ending_at_different_steps_match_transformers(kestrel, check
     assert torch.equal(model.generate(ids, **kwargs), free)  # the session after the rows left
 
 
+def test_call_past_the_default_rows_opens_one_session(kestrel, checkpoints):
+    """With the idle session held by a cache and no max_batch given, a call of 3 prompts × 4 beams (past CUDA's
+    default 8 rows) opens one session planned for them, not the default first and then a larger one."""
+    folder, ref = checkpoints["gpt2"]
+    model = kestrel.from_pretrained(folder, device="cuda", precision="fp32")
+    ids, mask = gpt2_inputs()
+    held = cache_of(model(ids[1:2], use_cache=True))  # takes the session from_pretrained opened
+    opened = model.native.sessions_opened
+    kwargs = dict(attention_mask=mask, do_sample=False, pad_token_id=0, max_new_tokens=5, num_beams=4)
+    got = model.generate(ids, **kwargs)
+    assert model.native.sessions_opened == opened + 1
+    with torch.no_grad():
+        assert torch.equal(got, ref.generate(ids, **kwargs))
+    del held
+
+
 def test_session_planned_for_one_row_grows_for_beams(kestrel, checkpoints):
     """max_batch=1 plans one row on the GPU; a call of 3 prompts × 3 beams reopens the session for 9 rows, with
     the same tokens as transformers."""
