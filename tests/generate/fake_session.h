@@ -88,6 +88,12 @@ class FakeSession : public Session {
   int starts = 0, steps = 0, reorders = 0;
   std::vector<int64_t> batch_history;  // rows of every start/step call
 
+ protected:
+  // Takes back the last token step() fed every row (a session dropping a step it ran ahead).
+  void unfeed_last() {
+    for (auto& d : dec_) d.pop_back();
+  }
+
  private:
   std::vector<float> logits() const {
     std::vector<float> out;
