@@ -109,7 +109,9 @@ void expect_same_as_host(const GenerationConfig& c, const TokenRows& prompts) {
     EXPECT_EQ(got.sequences[i].score, want.sequences[i].score) << "sequence " << i;
   }
   EXPECT_GT(device.chosen, 0);
-  if (!c.is_beam_search()) EXPECT_GT(device.handed_back, 0);
+  if (!c.is_beam_search()) {
+    EXPECT_GT(device.handed_back, 0);
+  }
 }
 
 const TokenRows kPrompts = {{1, 2, 3}, {7}, {9, 9, 9, 9}, {5, 6}};
