@@ -240,9 +240,7 @@ PYBIND11_MODULE(_kestrel, m) {
             GenerationResult result;
             {
               py::gil_scoped_release release;
-              const int64_t rows =
-                  int64_t(prompts.size()) * std::max(config.num_beams, config.num_return_sequences);
-              auto session = m->take_session(rows);
+              auto session = m->take_session(session_rows(config, int64_t(prompts.size())));
               result = generate(*session, prompts, config, stream);
               m->give_back(std::move(session));
             }

@@ -159,8 +159,7 @@ void run_generate(const GenerateArgs& a, const GivenOptions& given) {
   SessionOptions session_options = runtime.session;
   if (session_options.device == "cuda" && session_options.max_batch == 0) {
     const size_t given = std::max(a.prompts.size(), a.prompt_ids.size());  // none: one, from stdin
-    session_options.max_batch = int64_t(std::max<size_t>(1, given)) *
-                                std::max<int64_t>(1, std::max(config.num_beams, config.num_return_sequences));
+    session_options.max_batch = session_rows(config, int64_t(std::max<size_t>(1, given)));
   }
   const auto session = open_session(*model, session_options);
   const TokenRows prompts = collect_prompts(a, tok.get(), session->vocab_size());

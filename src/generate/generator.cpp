@@ -95,6 +95,10 @@ detail::RowPlan plan_row(const Session& session, const std::vector<int64_t>& pro
 
 }  // namespace
 
+int64_t session_rows(const GenerationConfig& config, int64_t prompts) {
+  return prompts * std::max<int64_t>(1, std::max(config.num_beams, config.num_return_sequences));
+}
+
 GenerationResult generate(Session& session, const TokenRows& prompts, const GenerationConfig& config,
                           const TokenStream& stream) {
   config.validate();

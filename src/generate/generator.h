@@ -47,4 +47,8 @@ using TokenStream = std::function<void(int64_t sequence, std::span<const int64_t
 GenerationResult generate(Session& session, const TokenRows& prompts, const GenerationConfig& config,
                           const TokenStream& stream = {});
 
+// The most session rows generate() holds at once for `prompts` prompts: one per beam, or per sequence
+// sampled. What a caller plans a session for (CUDA sessions plan their memory up front).
+int64_t session_rows(const GenerationConfig& config, int64_t prompts);
+
 }  // namespace kestrel

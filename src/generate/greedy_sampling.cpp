@@ -128,6 +128,7 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
   while (true) {
     std::vector<int64_t> keep;
     TokenRows next;
+    bool more = false;  // some row may still want the step after the next one (not at max_new_tokens)
     for (size_t row = 0; row < live.size(); ++row) {
       LiveRow& lr = live[row];
       GeneratedSequence& out = result.sequences[size_t(lr.sequence)];
@@ -143,6 +144,7 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
       if (out.ended_with_eos || int64_t(lr.history.size()) >= plan.max_length) continue;
       keep.push_back(int64_t(row));
       next.push_back({token});
+      more = more || int64_t(lr.history.size()) + 1 < plan.max_length;
     }
     if (keep.empty()) break;
     if (keep.size() < live.size()) {
@@ -154,20 +156,8 @@ GenerationResult greedy_or_sample(const DecodeJob& job) {
     draw();
     if (on_session) {
       fill_choice(same_row);
-      if (job.session.runs_ahead(choice)) {
-        // Ahead only where some row may still want the step after this one (not at max_new_tokens).
-        bool more = false;
-        std::vector<int64_t> fed;
-        for (size_t row = 0; row < live.size(); ++row) {
-          const LiveRow& lr = live[row];
-          fed.push_back(next[row][0]);
-          more = more || int64_t(lr.history.size()) + 1 <
-                             job.plans[size_t(result.sequences[size_t(lr.sequence)].prompt_index)].max_length;
-        }
-        tokens = job.session.greedy_ahead(fed, more);
-      } else {
-        tokens = job.session.step_and_choose(next, choice).tokens;
-      }
+      tokens = job.session.runs_ahead(choice) ? job.session.greedy_ahead(next, more)
+                                              : job.session.step_and_choose(next, choice).tokens;
     } else {
       logits = job.session.step(next);
     }

@@ -96,6 +96,14 @@ int graph_replays() {
   return n;
 }
 
+// One row a token (a decode step's input).
+TokenRows one_token_rows(const std::vector<int64_t>& tokens) {
+  TokenRows rows;
+  rows.reserve(tokens.size());
+  for (int64_t t : tokens) rows.push_back({t});
+  return rows;
+}
+
 // KESTREL_STEP_KERNEL=1: decode steps run the persistent step kernel (experimental, kernels/cuda/NOTES.md).
 bool step_kernel_requested() {
   return env_switch("KESTREL_STEP_KERNEL") == EnvSwitch::On;
@@ -783,14 +791,8 @@ std::vector<float> CudaSession::step(const TokenRows& tokens, bool all_positions
 }
 
 std::vector<int64_t> CudaSession::greedy_step(const std::vector<int64_t>& next_tokens) {
-  if (rows_.empty()) fail("step: call start() first");
-  if (next_tokens.size() != rows_.size())
-    fail("step: " + std::to_string(next_tokens.size()) + " tokens for a batch of " +
-         std::to_string(rows_.size()));
-  TokenRows tokens;
-  tokens.reserve(next_tokens.size());
-  for (int64_t t : next_tokens) tokens.push_back({t});
-  check_tokens(tokens, "step", true);
+  const TokenRows tokens = one_token_rows(next_tokens);
+  check_step(tokens);
   std::vector<int64_t> ids;
   forward(decoder_, tokens, false, false, Want::Ids, {.ids = &ids});
   return ids;
@@ -806,7 +808,7 @@ bool CudaSession::runs_ahead(const TokenChoice& choice) const {
 // device with this one's argmax (cuda::advance_greedy, captured at the front of its graph), before the host
 // waits for this one's ids: so the GPU never waits for the host between two greedy steps. Each step's argmax
 // keys are copied into their own pinned slot, behind which an event is recorded.
-std::vector<int64_t> CudaSession::greedy_ahead(const std::vector<int64_t>& tokens, bool run_ahead) {
+std::vector<int64_t> CudaSession::greedy_ahead(const TokenRows& tokens, bool run_ahead) {
   cudaStream_t s = impl_->stream;
   const int64_t B = int64_t(rows_.size());
   auto copy_keys = [&](int slot) {
@@ -817,17 +819,8 @@ std::vector<int64_t> CudaSession::greedy_ahead(const std::vector<int64_t>& token
   };
   if (!(ahead_.running && tokens == ahead_.fed)) {
     settle_ahead();
-    if (rows_.empty()) fail("step: call start() first");
-    if (int64_t(tokens.size()) != B)
-      fail("step: " + std::to_string(tokens.size()) + " tokens for a batch of " + std::to_string(B));
-    TokenRows rows;
-    for (int64_t t : tokens) rows.push_back({t});
-    check_tokens(rows, "step", true);
-    Pass pass = plan_pass(rows, false, false, Want::Ids, 0, impl_->meta_host);
-    check(cudaMemcpyAsync(impl_->meta_dev, impl_->meta_host, size_t(impl_->meta.total) * 4,
-                          cudaMemcpyHostToDevice, s),
-          "uploading tokens");
-    enqueue_pass(decoder_, pass, Want::Ids, false);
+    check_step(tokens);
+    enqueue_forward(decoder_, tokens, false, false, Want::Ids);
     copy_keys(ahead_.slot);
   }
   const int slot = ahead_.slot;
@@ -855,7 +848,7 @@ std::vector<int64_t> CudaSession::greedy_ahead(const std::vector<int64_t>& token
     ids[size_t(b)] = cuda::argmax_index(impl_->ahead_keys_host[slot * max_batch_ + b]);
     rows_[size_t(b)].length += 1;
   }
-  ahead_.fed = ids;
+  ahead_.fed = one_token_rows(ids);
   ahead_.slot = slot ^ 1;
   return ids;
 }
@@ -1151,17 +1144,23 @@ void CudaSession::enqueue_pass(const std::vector<BoundOp>& program, Pass& pass, 
   }
 }
 
+CudaSession::Pass CudaSession::enqueue_forward(const std::vector<BoundOp>& program, const TokenRows& tokens,
+                                               bool encoder, bool all_positions, Want want) {
+  Pass pass = plan_pass(tokens, encoder, all_positions, want, 0, impl_->meta_host);
+  check(cudaMemcpyAsync(impl_->meta_dev, impl_->meta_host, size_t(impl_->meta.total) * 4,
+                        cudaMemcpyHostToDevice, impl_->stream),
+        "uploading tokens");
+  enqueue_pass(program, pass, want, false);
+  return pass;
+}
+
 void CudaSession::forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder,
                           bool all_positions, Want want, const Outputs& outputs) {
   settle_ahead();
-  Pass pass = plan_pass(tokens, encoder, all_positions, want, 0, impl_->meta_host);
+  const Pass pass = enqueue_forward(program, tokens, encoder, all_positions, want);
   const int64_t B = int64_t(tokens.size()), out_rows = pass.out_rows;
   const Buffer& out = buffers_[size_t(decoder_.back().out)];
   cudaStream_t s = impl_->stream;
-  check(cudaMemcpyAsync(impl_->meta_dev, impl_->meta_host, size_t(impl_->meta.total) * 4,
-                        cudaMemcpyHostToDevice, s),
-        "uploading tokens");
-  enqueue_pass(program, pass, want, false);
   if (!encoder) last_out_rows_ = out_rows;
   if (want == Want::Choose) enqueue_choice(*outputs.choice, out_rows);
 

@@ -90,7 +90,7 @@ class CudaSession final : public Session {
   ChosenTokens step_and_choose(const TokenRows& tokens, const TokenChoice& choice) override;
   std::vector<float> last_logits(int64_t row) const override;
   bool runs_ahead(const TokenChoice& choice) const override;
-  std::vector<int64_t> greedy_ahead(const std::vector<int64_t>& tokens, bool run_ahead) override;
+  std::vector<int64_t> greedy_ahead(const TokenRows& tokens, bool run_ahead) override;
 
   // Greedy decoding without logits leaving the GPU: the argmax id of each row's last position.
   std::vector<int64_t> greedy_start(const TokenRows& rows, const TokenRows& decoder_prefix = {});
@@ -189,6 +189,9 @@ class CudaSession final : public Session {
   // with its token metadata written into m (MetaLayout's block).
   Pass plan_pass(const TokenRows& tokens, bool encoder, bool all_positions, Want want, int64_t ahead,
                  int32_t* m);
+  // plan_pass() of a forward (nothing ahead), its metadata uploaded and the pass enqueued; returns the pass.
+  Pass enqueue_forward(const std::vector<BoundOp>& program, const TokenRows& tokens, bool encoder,
+                       bool all_positions, Want want);
   // Enqueues `pass` (decode steps through their CUDA graph), reading the metadata already on the device;
   // with `advance`, a greedy step whose rows are first fed the argmax of the step before, on the device.
   void enqueue_pass(const std::vector<BoundOp>& program, Pass& pass, Want want, bool advance);
@@ -260,7 +263,7 @@ class CudaSession final : public Session {
   // the pinned slot its keys go to.
   struct Ahead {
     bool running = false;
-    std::vector<int64_t> fed;
+    TokenRows fed;
     int slot = 0;
   } ahead_;
 };

@@ -1,6 +1,7 @@
 #pragma once
 // A Session runs one model's plan on one backend for a batch of independent rows and owns their KV caches.
-// It is the only thing generate/ talks to: it knows nothing of GPT-2 vs T5 beyond "is there an encoder input".
+// It is the only thing generate/ talks to: it knows nothing of GPT-2 vs T5 beyond "is there an encoder
+// input".
 //
 //   start(rows)      : decoder-only (GPT-2): rows are the prompts, all tokens are fed, logits of the last
 //                      position of each row are returned.  Encoder-decoder (T5): rows are the encoder inputs;
@@ -91,12 +92,12 @@ class Session {
   }
 
   // Plain greedy decoding a step ahead (CUDA): for choices where runs_ahead() is true, greedy_ahead(tokens)
-  // feeds tokens[b] to row b and returns each row's argmax id, as step_and_choose would; with run_ahead the
+  // feeds row b its one token and returns each row's argmax id, as step_and_choose would; with run_ahead the
   // backend has already started the step after it, fed those ids, so a next greedy_ahead() with exactly
   // them returns without the device waiting for the host in between. Any other call first waits for that
   // step and drops it: the rows hold what greedy_ahead returned, no more.
   virtual bool runs_ahead(const TokenChoice&) const { return false; }
-  virtual std::vector<int64_t> greedy_ahead(const std::vector<int64_t>&, bool) {
+  virtual std::vector<int64_t> greedy_ahead(const TokenRows&, bool) {
     internal_error("greedy_ahead: this backend does not run greedy steps ahead");
   }
 };

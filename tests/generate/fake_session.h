@@ -1,13 +1,16 @@
 #pragma once
 // A Session whose logits are a pure function of a row's (encoder input, decoder sequence), for testing
 // generate/ without a model. It checks the contract as it goes: step() gets one token per row, reorder()
-// indices are valid.
+// indices are valid. And expect_same_sequences(), for comparing two generate() results.
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <stdexcept>
 #include <vector>
 
+#include "generate/generator.h"
 #include "runtime/session.h"
 
 namespace kestrel::testing {
@@ -109,5 +112,15 @@ class FakeSession : public Session {
   int64_t max_positions_;
   TokenRows enc_, dec_;
 };
+
+// got's sequences are want's: the same tokens, eos and (beam search) scores.
+inline void expect_same_sequences(const GenerationResult& got, const GenerationResult& want) {
+  ASSERT_EQ(got.sequences.size(), want.sequences.size());
+  for (size_t i = 0; i < want.sequences.size(); ++i) {
+    EXPECT_EQ(got.sequences[i].tokens, want.sequences[i].tokens) << "sequence " << i;
+    EXPECT_EQ(got.sequences[i].ended_with_eos, want.sequences[i].ended_with_eos) << "sequence " << i;
+    EXPECT_EQ(got.sequences[i].score, want.sequences[i].score) << "sequence " << i;
+  }
+}
 
 }  // namespace kestrel::testing

@@ -50,7 +50,7 @@ class AheadSession : public FakeSession {
     return FakeSession::decoder_length(b) - (running_ ? 1 : 0);
   }
 
-  std::vector<int64_t> greedy_ahead(const std::vector<int64_t>& tokens, bool more) override {
+  std::vector<int64_t> greedy_ahead(const TokenRows& tokens, bool more) override {
     std::vector<int64_t> ids;
     if (running_ && tokens == fed_) {
       ids = ahead_ids_;
@@ -58,13 +58,13 @@ class AheadSession : public FakeSession {
       ++hits;
     } else {
       settle();
-      ids = argmax_rows(step(rows_of(tokens), false));
+      ids = argmax_rows(step(tokens, false));
     }
     bool room = true;
     for (int64_t b = 0; b < batch_size(); ++b) room = room && decoder_length(b) + 1 <= max_positions();
     if (more && room) {
       ahead_ids_ = argmax_rows(step(rows_of(ids), false));
-      fed_ = ids;
+      fed_ = rows_of(ids);
       running_ = true;
       ++launched;
     }
@@ -92,7 +92,8 @@ class AheadSession : public FakeSession {
     return ids;
   }
   bool running_ = false;
-  std::vector<int64_t> fed_, ahead_ids_;
+  TokenRows fed_;
+  std::vector<int64_t> ahead_ids_;
 };
 
 const TokenRows kPrompts = {{1, 2, 3}, {7}, {9, 9, 9, 9}, {5, 6}};
@@ -107,13 +108,7 @@ GenerationConfig greedy(std::vector<int64_t> eos, int64_t max_new_tokens) {
 void expect_same_as_host(const GenerationConfig& c, AheadSession& ahead, int64_t max_positions) {
   FakeSession host(
       kVocab, [](const auto& e, const auto& d) { return hashed_logits(e, d, kVocab); }, false, max_positions);
-  const auto want = generate(host, kPrompts, c);
-  const auto got = generate(ahead, kPrompts, c);
-  ASSERT_EQ(got.sequences.size(), want.sequences.size());
-  for (size_t i = 0; i < want.sequences.size(); ++i) {
-    EXPECT_EQ(got.sequences[i].tokens, want.sequences[i].tokens) << "sequence " << i;
-    EXPECT_EQ(got.sequences[i].ended_with_eos, want.sequences[i].ended_with_eos) << "sequence " << i;
-  }
+  testing::expect_same_sequences(generate(ahead, kPrompts, c), generate(host, kPrompts, c));
   EXPECT_GT(ahead.hits, 0);
   EXPECT_EQ(ahead.plain_steps_not_ahead, 0);  // every plain greedy step went through greedy_ahead
 }

@@ -100,14 +100,7 @@ FakeSession host_session() {
 void expect_same_as_host(const GenerationConfig& c, const TokenRows& prompts) {
   FakeSession host = host_session();
   ChoosingSession device;
-  const auto want = generate(host, prompts, c);
-  const auto got = generate(device, prompts, c);
-  ASSERT_EQ(got.sequences.size(), want.sequences.size());
-  for (size_t i = 0; i < want.sequences.size(); ++i) {
-    EXPECT_EQ(got.sequences[i].tokens, want.sequences[i].tokens) << "sequence " << i;
-    EXPECT_EQ(got.sequences[i].ended_with_eos, want.sequences[i].ended_with_eos) << "sequence " << i;
-    EXPECT_EQ(got.sequences[i].score, want.sequences[i].score) << "sequence " << i;
-  }
+  testing::expect_same_sequences(generate(device, prompts, c), generate(host, prompts, c));
   EXPECT_GT(device.chosen, 0);
   if (!c.is_beam_search()) {
     EXPECT_GT(device.handed_back, 0);

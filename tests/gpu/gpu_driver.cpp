@@ -218,7 +218,9 @@ int run(int argc, char** argv) {
         for (size_t b = 0; b < ids.size(); ++b) tokens[b].push_back(ids[b]);
         if (n + 1 == new_tokens) break;
         if (ahead) {
-          ids = gpu->greedy_ahead(ids, n + 2 < new_tokens);
+          TokenRows fed;
+          for (int64_t id : ids) fed.push_back({id});
+          ids = gpu->greedy_ahead(fed, n + 2 < new_tokens);
           continue;
         }
         const double s = timed([&] { ids = gpu->greedy_step(ids); });
